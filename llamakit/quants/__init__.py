@@ -1,0 +1,30 @@
+"""Block codecs, one per ggml type, looked up by type.
+
+`get_codec(GGMLType.Q8_0).quantize(rows)`; a type llamakit cannot compute raises UnsupportedError.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from ..errors import UnsupportedError
+from ..gguf.constants import GGMLType
+from .base import Codec, as_tensor
+from .floats import BF16, F16, F32
+from .legacy import Q8_0
+
+CODECS = MappingProxyType({c.ggml_type: c() for c in (F32, F16, BF16, Q8_0)})
+
+
+def get_codec(ggml_type: GGMLType, what: str = "tensor") -> Codec:
+    try:
+        return CODECS[GGMLType(ggml_type)]
+    except (KeyError, ValueError):
+        supported = ", ".join(t.name for t in CODECS)
+        raise UnsupportedError(
+            f"{what}: ggml type {getattr(ggml_type, 'name', ggml_type)} is not supported by llamakit "
+            f"(supported: {supported})"
+        ) from None
+
+
+__all__ = ["CODECS", "Codec", "as_tensor", "get_codec"]
