@@ -1,0 +1,1 @@
+"""Loading, placement, KV cache, sampling and generation."""
