@@ -1,6 +1,18 @@
 """The 32-weight block formats (ggml-quants.c quantize_row_q*_ref / dequantize_row_q*).
 
-Q8_0 block, 34 bytes:  d: f16 | qs[32]: int8          x = d * q
+Block layouts (little-endian, ggml-common.h):
+    Q4_0  18 bytes:  d: f16 | qs[16]                       x = d * (q - 8)
+    Q4_1  20 bytes:  d: f16 | m: f16 | qs[16]              x = d * q + m
+    Q5_0  22 bytes:  d: f16 | qh[4] | qs[16]               x = d * (q - 16)
+    Q5_1  24 bytes:  d: f16 | m: f16 | qh[4] | qs[16]      x = d * q + m
+    Q8_0  34 bytes:  d: f16 | qs[32]: int8                 x = d * q
+qs byte j holds weight j in its low nibble and weight j+16 in its high nibble; qh is a u32 whose bit j is
+bit 4 of weight j. Every dequantized value is exact in float32 (a 5-bit integer times an f16 is exact), so
+only the final `+ m` rounds, as in C.
+
+The quantizers follow the C operation by operation in float32: the scale `d` comes from the block's
+max (or max - min), `id = 1/d` is taken from the float32 d (not the f16-rounded one), and the quant is a
+truncating (int8_t) cast of `x*id + 8.5f` (a round-half-up), clamped from above.
 """
 
 from __future__ import annotations
@@ -9,6 +21,124 @@ import torch
 
 from ..gguf.constants import GGMLType
 from .base import Codec, fp16_bytes, fp16_from_bytes, roundf
+
+
+def signed_absmax(xb: torch.Tensor) -> torch.Tensor:
+    """(n, k) -> (n, 1): the value with the largest |x|, the first one on ties (C's `if (amax < fabsf(v))`).
+
+    C starts from `max = 0.0f`, so an all-zero block gives +0 whatever the signs of its zeros (and then
+    `d = max / -8` is -0: the f16 bytes 00 80).
+    """
+    ax = xb.abs()
+    idx = ax.argmax(dim=1, keepdim=True)  # argmax returns the first maximal index
+    mx = xb.gather(1, idx)
+    return torch.where(ax.gather(1, idx) > 0, mx, torch.zeros_like(mx))
+
+
+def first_min_max(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) -> (n, 1) min and max, each the first occurrence (C's strict `<`/`>` scans): the sign of a
+    zero min/max is the sign of the first zero, which decides the sign of d = max - min in f16."""
+    return xb.gather(1, xb.argmin(dim=1, keepdim=True)), xb.gather(1, xb.argmax(dim=1, keepdim=True))
+
+
+def safe_inverse(d: torch.Tensor) -> torch.Tensor:
+    """C's `d ? 1.0f/d : 0.0f`."""
+    return torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+
+
+def trunc_u8(v: torch.Tensor) -> torch.Tensor:
+    """A C (int8_t)/(uint8_t) cast of a float known to lie in [0, 256): truncation toward zero."""
+    return v.to(torch.int32).to(torch.uint8)
+
+
+def unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 16) -> uint8 (n, 32): weight j from qs[j] & 15, weight j+16 from qs[j] >> 4."""
+    return torch.cat((qs & 15, qs >> 4), dim=1)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 32) with values < 16 -> (n, 16); the inverse of unpack_nibbles."""
+    return q[:, :16] | (q[:, 16:] << 4)
+
+
+def unpack_bits32(qh: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 4) little-endian u32 -> uint8 (n, 32) of its bits, bit j at column j."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=qh.device)
+    return ((qh[:, :, None] >> shifts) & 1).reshape(qh.shape[0], 32)
+
+
+def pack_bits32(bits: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 32) of 0/1 -> uint8 (n, 4), the little-endian u32 with bit j = bits[:, j]."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    return (bits.reshape(bits.shape[0], 4, 8) << shifts).sum(dim=2, dtype=torch.uint8)
+
+
+class Q4_0(Codec):
+    ggml_type = GGMLType.Q4_0
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        xb, lead = self._blocks_in(x)
+        d = signed_absmax(xb) / -8
+        q = trunc_u8(xb * safe_inverse(d) + 8.5).clamp_(max=15)
+        return self._rows_out(torch.cat((fp16_bytes(d), pack_nibbles(q)), dim=1), lead)
+
+    def dequantize(self, data: torch.Tensor) -> torch.Tensor:
+        b, lead = self._bytes_in(data)
+        d = fp16_from_bytes(b[:, :2])
+        q = unpack_nibbles(b[:, 2:]).to(torch.float32) - 8
+        return self._rows_out(q * d, lead)
+
+
+class Q4_1(Codec):
+    ggml_type = GGMLType.Q4_1
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        xb, lead = self._blocks_in(x)
+        mn, mx = first_min_max(xb)
+        d = (mx - mn) / 15
+        q = trunc_u8((xb - mn) * safe_inverse(d) + 0.5).clamp_(max=15)
+        return self._rows_out(torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_nibbles(q)), dim=1), lead)
+
+    def dequantize(self, data: torch.Tensor) -> torch.Tensor:
+        b, lead = self._bytes_in(data)
+        dm = fp16_from_bytes(b[:, :4])  # (n, 2): d, m
+        q = unpack_nibbles(b[:, 4:]).to(torch.float32)
+        return self._rows_out(q * dm[:, :1] + dm[:, 1:], lead)
+
+
+class Q5_0(Codec):
+    ggml_type = GGMLType.Q5_0
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        xb, lead = self._blocks_in(x)
+        d = signed_absmax(xb) / -16
+        q = trunc_u8(xb * safe_inverse(d) + 16.5).clamp_(max=31)
+        out = torch.cat((fp16_bytes(d), pack_bits32(q >> 4), pack_nibbles(q & 15)), dim=1)
+        return self._rows_out(out, lead)
+
+    def dequantize(self, data: torch.Tensor) -> torch.Tensor:
+        b, lead = self._bytes_in(data)
+        d = fp16_from_bytes(b[:, :2])
+        q = unpack_nibbles(b[:, 6:]) | (unpack_bits32(b[:, 2:6]) << 4)
+        return self._rows_out((q.to(torch.float32) - 16) * d, lead)
+
+
+class Q5_1(Codec):
+    ggml_type = GGMLType.Q5_1
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        xb, lead = self._blocks_in(x)
+        mn, mx = first_min_max(xb)
+        d = (mx - mn) / 31
+        q = trunc_u8((xb - mn) * safe_inverse(d) + 0.5)  # no clamp in C: (x-min)*id <= 31 + rounding
+        out = torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_bits32((q >> 4) & 1), pack_nibbles(q & 15)), dim=1)
+        return self._rows_out(out, lead)
+
+    def dequantize(self, data: torch.Tensor) -> torch.Tensor:
+        b, lead = self._bytes_in(data)
+        dm = fp16_from_bytes(b[:, :4])
+        q = unpack_nibbles(b[:, 8:]) | (unpack_bits32(b[:, 4:8]) << 4)
+        return self._rows_out(q.to(torch.float32) * dm[:, :1] + dm[:, 1:], lead)
 
 
 class Q8_0(Codec):
