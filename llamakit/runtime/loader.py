@@ -1,0 +1,145 @@
+"""GGUF -> a Llama module whose weights are the file's bytes.
+
+The model is built on the meta device (no memory), then every buffer is assigned (`load_state_dict(assign=
+True)`) a zero-copy uint8 view into the memory-mapped file, so loading reads nothing and a weight occupies
+its file pages only once they are used. `use_mmap=False` copies each tensor into ordinary memory instead
+(llama.cpp's --no-mmap) and closes the file. 1-D float tensors (norms, biases, rope_freqs) become float32:
+F32 ones as views, others converted. Blocks go where `placement.place_layers` says.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import GGUFFormatError, InputError
+from ..gguf import GGUFReader
+from ..gguf.constants import GGMLType
+from ..model import Llama, LlamaConfig
+from ..model.kernels import kernel_for
+from ..model.layers import QuantEmbedding, QuantLinear
+from ..quants import as_tensor, get_codec
+from .placement import Placement, place_layers
+
+
+@dataclass
+class LoadedModel:
+    model: Llama
+    config: LlamaConfig
+    metadata: dict[str, Any]
+    path: Path
+    placement: Placement
+    file_bytes: int
+    tensor_bytes: int
+    n_params: int
+    t_start: float  # time.perf_counter() when loading began (llama.cpp's load time runs from here)
+    _reader: GGUFReader | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Drop the weights and unmap the file."""
+        self.model = None  # type: ignore[assignment]
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> "LoadedModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _float_vector(data: torch.Tensor, ggml_type: GGMLType, n: int, what: str) -> torch.Tensor:
+    """Raw bytes of a 1-D tensor -> float32 (n,): a view for F32, a converted copy otherwise."""
+    if ggml_type == GGMLType.F32:
+        return data.view(torch.float32)
+    return get_codec(ggml_type, what=what).dequantize(data).reshape(n)
+
+
+def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
+               devices: tuple[torch.device, ...] = ()) -> LoadedModel:
+    """Open a llama GGUF and build the model. Raises LlamakitError subclasses naming the file."""
+    t_start = time.perf_counter()
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such model file; pass an existing .gguf with -m")
+    reader = GGUFReader(path)
+    try:
+        return _load(reader, path, use_mmap, place_layers_for(reader, path, gpu_layers, devices), t_start)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def place_layers_for(reader: GGUFReader, path: Path, gpu_layers: int, devices: tuple[torch.device, ...]
+                     ) -> Placement:
+    n_layer = reader.metadata.get(f"{reader.architecture}.block_count")
+    if not isinstance(n_layer, int):
+        n_layer = 0  # LlamaConfig.from_gguf reports the real problem
+    return place_layers(n_layer, gpu_layers, devices)
+
+
+def _load(reader: GGUFReader, path: Path, use_mmap: bool, placement: Placement, t_start: float) -> LoadedModel:
+    metadata = reader.metadata
+    infos = {t.name: t for t in reader.tensors}
+    cfg = LlamaConfig.from_gguf(metadata, infos, what=str(path))
+    for t in reader.tensors:  # IQ* and other types llamakit cannot compute: name tensor and type
+        get_codec(t.ggml_type, what=f"{path}: tensor {t.name}")
+    types = {name: t.ggml_type for name, t in infos.items()}
+    missing = [n for n in ("token_embd.weight", "output_norm.weight") if n not in infos]
+    if missing:
+        raise GGUFFormatError(f"{path}: tensor {missing[0]} is missing; the file is not a complete llama model")
+    try:
+        with torch.device("meta"):
+            model = Llama(cfg, types)
+    except KeyError as e:
+        raise GGUFFormatError(f"{path}: tensor {e.args[0]} is missing; the file is not a complete llama model"
+                              ) from None
+
+    state: dict[str, torch.Tensor] = {}
+    for name, target in model.state_dict(keep_vars=True).items():
+        source = "token_embd.weight" if (name == "output.weight" and cfg.tied_output) else name
+        info = infos.get(source)
+        if info is None:
+            raise GGUFFormatError(f"{path}: tensor {source} is missing; the file is not a complete llama model")
+        data = as_tensor(reader.tensor_data(info))
+        if target.dtype == torch.uint8:  # packed weight rows
+            if data.numel() != target.numel() or len(info.shape) != 2:
+                raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)} ({info.ggml_type.name}); "
+                                      f"the metadata implies {target.shape[0]} rows of {target.shape[1]} bytes")
+            value = data.view(target.shape)
+        else:
+            n = target.numel()
+            if info.shape != (n,):
+                raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)}, expected [{n}]")
+            value = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}")
+        if not use_mmap and value.data_ptr() == data.data_ptr():
+            value = value.clone()  # --no-mmap: own memory, so the file can be closed
+        state[name] = value.to(_device_of(name, placement))
+    model.load_state_dict(state, assign=True, strict=True)
+    for mod in model.modules():  # a kernel per (format, device type): the swap point for GPU kernels
+        if isinstance(mod, (QuantLinear, QuantEmbedding)):
+            mod.set_kernel(kernel_for(mod.ggml_type, mod.weight.device.type))
+    del state
+    file_bytes = path.stat().st_size
+    tensor_bytes = sum(t.nbytes for t in reader.tensors)
+    n_params = sum(t.n_elements for t in reader.tensors)
+    if not use_mmap:
+        reader.close()
+        reader = None  # type: ignore[assignment]
+    return LoadedModel(model=model, config=cfg, metadata=metadata, path=path, placement=placement,
+                       file_bytes=file_bytes, tensor_bytes=tensor_bytes, n_params=n_params, t_start=t_start,
+                       _reader=reader)
+
+
+def _device_of(name: str, placement: Placement) -> torch.device:
+    if name.startswith("blk."):
+        return placement.blocks[int(name.split(".", 2)[1])]
+    if name.startswith(("output", "rope_freqs")):
+        # rope_freqs is tiny and read by every block; it is copied where needed
+        return placement.output if name.startswith("output") else placement.input
+    return placement.input

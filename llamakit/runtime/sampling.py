@@ -1,0 +1,106 @@
+"""llama.cpp's default sampler chain (common/sampling.cpp, src/llama-sampling.cpp), vectorised in torch:
+
+    logit bias -> penalties -> top-k -> top-p -> min-p -> temperature -> dist(seed)
+
+with llama-cli's defaults (common.h): temp 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.0 (off),
+last 64 tokens, presence/frequency penalty 0. temp <= 0 keeps only the most likely token (greedy). The
+random draw uses an explicit torch.Generator seeded from `seed`, so the same seed gives the same tokens
+(llama.cpp's mt19937 stream is not reproduced: same seed, different text than llama.cpp).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: draw a random seed
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64  # 0 = off; -1 = the context size (resolve before building the Sampler)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_keep: int = 0
+    seed: int = DEFAULT_SEED
+
+
+def resolve_seed(seed: int) -> int:
+    """-1 / LLAMA_DEFAULT_SEED -> a random 32-bit seed (llama.cpp prints the one it used)."""
+    if seed < 0 or seed == DEFAULT_SEED:
+        return int.from_bytes(os.urandom(4), "little")
+    return seed & 0xFFFFFFFF
+
+
+class Sampler:
+    """accept(token) records history for the penalties; sample(logits) picks the next token."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int, logit_bias: dict[int, float] | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        if params.repeat_last_n < 0:
+            raise ValueError("repeat_last_n = -1 must be resolved to the context size first")
+        self.params, self.n_vocab = params, n_vocab
+        self.seed = resolve_seed(params.seed)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(self.seed)
+        self.prev: deque[int] = deque(maxlen=max(params.repeat_last_n, 32))  # last tokens (reverse prompts)
+        self._bias = None
+        if logit_bias:
+            self._bias_ids = torch.tensor(list(logit_bias), dtype=torch.long)
+            self._bias = torch.tensor(list(logit_bias.values()), dtype=torch.float32)
+
+    def accept(self, token: int) -> None:
+        self.prev.append(int(token))
+
+    def apply_penalties(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if p.repeat_last_n == 0 or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                                    and p.presence_penalty == 0.0) or not self.prev:
+            return logits
+        hist = list(self.prev)[-p.repeat_last_n:]
+        ids, counts = torch.tensor(hist, dtype=torch.long).unique(return_counts=True)
+        ids, counts = ids[ids < self.n_vocab], counts[ids < self.n_vocab]
+        lg = logits[ids]
+        lg = torch.where(lg <= 0, lg * p.repeat_penalty, lg / p.repeat_penalty)
+        lg = lg - (counts.float() * p.frequency_penalty + p.presence_penalty)
+        logits[ids] = lg
+        return logits
+
+    def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float (n_vocab,) -> the surviving (logits, ids) after bias, penalties, top-k, top-p and min-p,
+        sorted by logit, descending (as llama.cpp's array is once top-k has run)."""
+        p = self.params
+        logits = logits.detach().to("cpu", torch.float32).clone()
+        if self._bias is not None:
+            logits[self._bias_ids] += self._bias
+        logits = self.apply_penalties(logits)
+        n = logits.shape[0]
+        k = n if p.top_k <= 0 else min(p.top_k, n)
+        vals, ids = torch.topk(logits, k, sorted=True)
+        if p.top_p < 1.0:
+            probs = torch.softmax(vals, 0)
+            cum = torch.cumsum(probs, 0)
+            ok = (cum >= p.top_p) & (torch.arange(1, k + 1) >= p.min_keep)
+            if ok.any():
+                keep = int(ok.nonzero()[0]) + 1
+                vals, ids = vals[:keep], ids[:keep]
+        if p.min_p > 0.0:
+            threshold = vals[0] + math.log(p.min_p)
+            keep = max(int((vals >= threshold).sum()), p.min_keep, 1)
+            vals, ids = vals[:keep], ids[:keep]
+        return vals, ids
+
+    def sample(self, logits: torch.Tensor) -> int:
+        vals, ids = self.candidates(logits)
+        if self.params.temp <= 0.0:
+            return int(ids[0])  # the temp sampler keeps only the max; dist then picks it
+        probs = torch.softmax(vals / self.params.temp, 0)
+        return int(ids[torch.multinomial(probs, 1, generator=self.generator)])
