@@ -72,8 +72,13 @@ def roundf(x: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_int(x: torch.Tensor) -> torch.Tensor:
-    """ggml's nearest_int (the 1.5*2^23 magic-number trick): round half to even, as int32."""
-    return torch.round(x).to(torch.int32)
+    """ggml's nearest_int, bit for bit: the low 23 bits of the float32 `x + 1.5*2^23`, minus 2^22, as int32.
+
+    That is round-half-to-even for |x| < 2^22; beyond it (and for inf/NaN, which give -2^22 and 0) it is the
+    same wrapped garbage C computes, which matters where ggml clamps the result afterwards.
+    """
+    v = (x.to(torch.float32) + 12582912.0).view(torch.int32)
+    return (v & 0x7FFFFF) - 0x400000
 
 
 def fp16_bytes(x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,11 @@ Byte layouts (little-endian). Element e of a super-block is written e = 128*h + 
     Q8_K 292 bytes:  d: f32 | qs[256]: int8 | bsums[16]: int16 (sums of 16 quants);  x = d*q
 Every product above is exact in float32 (at most 24 significant bits), so the only rounding is the final
 `- dmin*m`, exactly as in C whatever the order of the exact products.
+
+The quantizers are quantize_row_q*_K_ref (what llama-quantize runs without an imatrix): a scale search per
+sub-block (search.py), 4/6-bit quantization of those scales against the super-block's f16 d (and dmin),
+then every weight requantized against the decoded scales. A sub-block whose decoded scale is 0 keeps the
+levels of its search, as in C.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ from __future__ import annotations
 import torch
 
 from ..gguf.constants import GGMLType
-from .base import Codec, fp16_from_bytes
+from .base import Codec, fp16_bytes, fp16_from_bytes, nearest_int
+from .search import GROUP_MAX_EPS, div, make_q3, make_qkx2, make_qx, seq_sum, signed_absmax_cols, sqrt_f32
+
+# Super-blocks quantized per torch call: bounds the (n, candidates, sub-blocks) temporaries to a few MiB
+# while keeping the per-call Python overhead small.
+CHUNK_BLOCKS = 512
 
 
 def _shifts(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -75,8 +85,95 @@ def unpack_q6(ql: torch.Tensor, qh: torch.Tensor) -> torch.Tensor:
     return low.reshape(n, 256) | (high.reshape(n, 256) << 4)
 
 
-class Q2_K(Codec):
+def pack_2bit(L: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 256) of values < 4 -> (n, 64); the inverse of unpack_2bit."""
+    a = L.reshape(L.shape[0], 2, 4, 32)
+    return (a[:, :, 0] | (a[:, :, 1] << 2) | (a[:, :, 2] << 4) | (a[:, :, 3] << 6)).reshape(L.shape[0], 64)
+
+
+def pack_4bit(L: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 256) of values < 16 -> (n, 128); the inverse of unpack_4bit."""
+    a = L.reshape(L.shape[0], 4, 2, 32)
+    return (a[:, :, 0] | (a[:, :, 1] << 4)).reshape(L.shape[0], 128)
+
+
+def pack_hbits(bits: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 256) of 0/1 -> (n, 32): bit e//32 of byte e%32; the inverse of unpack_hbits."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)[:, None]
+    return (bits.reshape(bits.shape[0], 8, 32) << shifts).sum(dim=1, dtype=torch.uint8)
+
+
+def pack_k4_scales(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+    """6-bit scales and mins, uint8 (n, 8) each -> (n, 12), the layout get_scale_min_k4 reads."""
+    lo = torch.cat((ls[:, :4] | ((ls[:, 4:] >> 4) << 6), lm[:, :4] | ((lm[:, 4:] >> 4) << 6)), dim=1)
+    return torch.cat((lo, (ls[:, 4:] & 15) | ((lm[:, 4:] & 15) << 4)), dim=1)
+
+
+def fp16_round(x: torch.Tensor) -> torch.Tensor:
+    """GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(x))."""
+    return x.to(torch.float16).to(torch.float32)
+
+
+def as_u8(i: torch.Tensor) -> torch.Tensor:
+    """A C store of an int into a uint8_t (modulo 256)."""
+    return (i & 255).to(torch.uint8)
+
+
+def as_i8(i: torch.Tensor) -> torch.Tensor:
+    """A C conversion of an int to int8_t (modulo 256, two's complement), kept as int32."""
+    return ((i + 128) & 255) - 128
+
+
+def sub_blocks(xb: torch.Tensor, n: int) -> torch.Tensor:
+    """float32 (nb, 256) -> (n, nb*256/n), element-major: column c is sub-block c (super-block c // (256/n))."""
+    return xb.reshape(-1, n).t().contiguous()
+
+
+class _KQuant(Codec):
+    """Quantizes CHUNK_BLOCKS super-blocks per call of `_quantize_blocks` (float32 (nb, 256) -> uint8)."""
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        xb, lead = self._blocks_in(x)
+        out = torch.empty((xb.shape[0], self.type_size), dtype=torch.uint8, device=xb.device)
+        for s in range(0, xb.shape[0], CHUNK_BLOCKS):
+            out[s:s + CHUNK_BLOCKS] = self._quantize_blocks(xb[s:s + CHUNK_BLOCKS])
+        return self._rows_out(out, lead)
+
+    def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _requantize(x: torch.Tensor, d: torch.Tensor, dm: torch.Tensor, L: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The final pass shared by the K-quants: l = clamp(nearest_int((x + dm)/d), lo, hi), but a sub-block whose
+    decoded scale d is 0 keeps L. x, L (nb, k, n); d, dm (nb, k)."""
+    q = nearest_int((x + dm[..., None]) / d[..., None]).clamp_(lo, hi).to(torch.float32)
+    return torch.where((d != 0)[..., None], q, L)
+
+
+class Q2_K(_KQuant):
     ggml_type = GGMLType.Q2_K
+
+    def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
+        nb = xb.shape[0]
+        xs = sub_blocks(xb, 16)
+        scales, mins, L = make_qkx2(xs, xs.abs(), 3, -0.5, 0.1, 15, True)
+        scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+        L = L.t().reshape(nb, 16, 16)
+        max_scale = scales.amax(dim=1, keepdim=True).clamp(min=0.0)
+        max_min = mins.amax(dim=1, keepdim=True).clamp(min=0.0)
+        has_s, has_m = max_scale > 0, max_min > 0
+        ls = nearest_int(div(15.0, max_scale) * scales)
+        lm = nearest_int(div(15.0, max_min) * mins)
+        zero_i = torch.zeros_like(ls)
+        sc = as_u8(torch.where(has_s, ls, zero_i))
+        sc = sc | as_u8(torch.where(has_m, lm, zero_i) << 4)  # `scales[j] |= l << 4` (no min: stays as is)
+        d = torch.where(has_s, max_scale / 15, torch.zeros_like(max_scale))
+        dmin = torch.where(has_m, max_min / 15, torch.zeros_like(max_min))
+        dsub = fp16_round(d) * (sc & 15).to(torch.float32)
+        msub = fp16_round(dmin) * (sc >> 4).to(torch.float32)
+        L = _requantize(xb.reshape(nb, 16, 16), dsub, msub, L, 0, 3)
+        q = pack_2bit(L.reshape(nb, 256).to(torch.uint8))
+        return torch.cat((sc, q, fp16_bytes(d), fp16_bytes(dmin)), dim=1)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
@@ -90,8 +187,31 @@ class Q2_K(Codec):
         return self._rows_out(y.reshape(n, 256), lead)
 
 
-class Q3_K(Codec):
+class Q3_K(_KQuant):
     ggml_type = GGMLType.Q3_K
+
+    def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
+        nb = xb.shape[0]
+        scales, L = make_q3(sub_blocks(xb, 16), 4)
+        scales = scales.reshape(nb, 16)
+        L = L.t().reshape(nb, 16, 16)
+        max_scale, _ = signed_absmax_cols(scales.t())
+        max_scale = max_scale[:, None]
+        has = max_scale != 0
+        iscale = div(-32.0, torch.where(has, max_scale, torch.ones_like(max_scale)))
+        l6 = (as_i8(nearest_int(iscale * scales)).clamp_(-32, 31) + 32).to(torch.uint8)
+        l6 = torch.where(has, l6, torch.zeros_like(l6))  # (nb, 16) six-bit scales
+        lo = (l6[:, :8] & 15) | ((l6[:, 8:] & 15) << 4)
+        h = (l6 >> 4).reshape(nb, 4, 4)  # [j//4, j%4]
+        hi = h[:, 0] | (h[:, 1] << 2) | (h[:, 2] << 4) | (h[:, 3] << 6)
+        d = torch.where(has, div(1.0, iscale), torch.zeros_like(iscale))
+        dsub = fp16_round(d) * (l6.to(torch.int32) - 32).to(torch.float32)
+        q = nearest_int(xb.reshape(nb, 16, 16) / dsub[..., None]).clamp_(-4, 3).to(torch.float32) + 4
+        L = torch.where((dsub != 0)[..., None], q, L)
+        L = L.reshape(nb, 256).to(torch.uint8)
+        high = L > 3
+        q = pack_2bit(torch.where(high, L - 4, L))
+        return torch.cat((pack_hbits(high.to(torch.uint8)), q, lo, hi, fp16_bytes(d)), dim=1)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
@@ -103,8 +223,35 @@ class Q3_K(Codec):
         return self._rows_out(y.reshape(n, 256), lead)
 
 
-class Q4_K(Codec):
+def _k4_search(xb: torch.Tensor, nmax: int, rmin: float, nstep: int) -> torch.Tensor:
+    """Q4_K / Q5_K ref: per 32-weight sub-block, weights av_x + |x| and make_qkx2_quants; then 6-bit scales
+    and mins against d = max_scale/63, dmin = max_min/63; then requantization. Returns (d, dmin, ls, lm, L)."""
+    nb = xb.shape[0]
+    xs = sub_blocks(xb, 32)
+    av_x = sqrt_f32(seq_sum(xs * xs) / 32)
+    scales, mins, L = make_qkx2(xs, av_x + xs.abs(), nmax, rmin, 0.1, nstep, False)
+    scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+    L = L.t().reshape(nb, 8, 32)
+    max_scale = scales.amax(dim=1, keepdim=True).clamp(min=0.0)
+    max_min = mins.amax(dim=1, keepdim=True).clamp(min=0.0)
+    zero = torch.zeros_like(max_scale)
+    inv_scale = torch.where(max_scale > 0, div(63.0, max_scale), zero)
+    inv_min = torch.where(max_min > 0, div(63.0, max_min), zero)
+    ls = as_u8(nearest_int(inv_scale * scales)).clamp_(max=63)
+    lm = as_u8(nearest_int(inv_min * mins)).clamp_(max=63)
+    d, dmin = max_scale / 63, max_min / 63
+    dsub = fp16_round(d) * ls.to(torch.float32)
+    msub = fp16_round(dmin) * lm.to(torch.float32)
+    L = _requantize(xb.reshape(nb, 8, 32), dsub, msub, L, 0, nmax)
+    return torch.cat((fp16_bytes(d), fp16_bytes(dmin), pack_k4_scales(ls, lm)), dim=1), L.reshape(nb, 256)
+
+
+class Q4_K(_KQuant):
     ggml_type = GGMLType.Q4_K
+
+    def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
+        head, L = _k4_search(xb, 15, -1.0, 20)
+        return torch.cat((head, pack_4bit(L.to(torch.uint8))), dim=1)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
@@ -118,8 +265,13 @@ class Q4_K(Codec):
         return self._rows_out(y.reshape(n, 256), lead)
 
 
-class Q5_K(Codec):
+class Q5_K(_KQuant):
     ggml_type = GGMLType.Q5_K
+
+    def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
+        head, L = _k4_search(xb, 31, -0.5, 15)
+        L = L.to(torch.uint8)
+        return torch.cat((head, pack_hbits(L >> 4), pack_4bit(L & 15)), dim=1)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
@@ -133,8 +285,36 @@ class Q5_K(Codec):
         return self._rows_out(y.reshape(n, 256), lead)
 
 
-class Q6_K(Codec):
+def pack_q6(L: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 256) of values < 64 -> ql (n, 128) | qh (n, 64); the inverse of unpack_q6."""
+    n = L.shape[0]
+    a = L.reshape(n, 2, 4, 32)  # [h, k, l]
+    lo = a & 15
+    ql = torch.cat((lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)), dim=2)  # (n, 2, 64)
+    hb = a >> 4
+    qh = hb[:, :, 0] | (hb[:, :, 1] << 2) | (hb[:, :, 2] << 4) | (hb[:, :, 3] << 6)  # (n, 2, 32)
+    return torch.cat((ql.reshape(n, 128), qh.reshape(n, 64)), dim=1)
+
+
+class Q6_K(_KQuant):
     ggml_type = GGMLType.Q6_K
+
+    def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
+        nb = xb.shape[0]
+        scales, L = make_qx(sub_blocks(xb, 16), 32)
+        scales = scales.reshape(nb, 16)
+        L = L.t().reshape(nb, 16, 16)
+        max_scale, max_abs = signed_absmax_cols(scales.t())
+        zero = (max_abs < GROUP_MAX_EPS)[:, None]
+        max_scale = torch.where(zero[:, 0], torch.ones_like(max_scale), max_scale)[:, None]
+        iscale = div(-128.0, max_scale)
+        d = div(1.0, iscale)
+        sc = as_i8(nearest_int(iscale * scales).clamp_(max=127))
+        dsub = fp16_round(d) * sc.to(torch.float32)
+        q = nearest_int(xb.reshape(nb, 16, 16) / dsub[..., None]).clamp_(-32, 31).to(torch.float32) + 32
+        L = torch.where((dsub != 0)[..., None], q, L).reshape(nb, 256).to(torch.uint8)
+        out = torch.cat((pack_q6(L), as_u8(sc), fp16_bytes(d)), dim=1)
+        return torch.where(zero, torch.zeros_like(out), out)  # C memsets an all-tiny super-block
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
