@@ -124,6 +124,12 @@ def as_i8(i: torch.Tensor) -> torch.Tensor:
     return ((i + 128) & 255) - 128
 
 
+def positive_max(v: torch.Tensor) -> torch.Tensor:
+    """(nb, k) -> (nb, 1): C's `m = 0; if (v > m) m = v;` (+0 when nothing is positive, even for -0 entries)."""
+    m = v.amax(dim=1, keepdim=True)
+    return torch.where(m > 0, m, torch.zeros_like(m))
+
+
 def sub_blocks(xb: torch.Tensor, n: int) -> torch.Tensor:
     """float32 (nb, 256) -> (n, nb*256/n), element-major: column c is sub-block c (super-block c // (256/n))."""
     return xb.reshape(-1, n).t().contiguous()
@@ -159,8 +165,7 @@ class Q2_K(_KQuant):
         scales, mins, L = make_qkx2(xs, xs.abs(), 3, -0.5, 0.1, 15, True)
         scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
         L = L.t().reshape(nb, 16, 16)
-        max_scale = scales.amax(dim=1, keepdim=True).clamp(min=0.0)
-        max_min = mins.amax(dim=1, keepdim=True).clamp(min=0.0)
+        max_scale, max_min = positive_max(scales), positive_max(mins)
         has_s, has_m = max_scale > 0, max_min > 0
         ls = nearest_int(div(15.0, max_scale) * scales)
         lm = nearest_int(div(15.0, max_min) * mins)
@@ -232,8 +237,7 @@ def _k4_search(xb: torch.Tensor, nmax: int, rmin: float, nstep: int) -> torch.Te
     scales, mins, L = make_qkx2(xs, av_x + xs.abs(), nmax, rmin, 0.1, nstep, False)
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
     L = L.t().reshape(nb, 8, 32)
-    max_scale = scales.amax(dim=1, keepdim=True).clamp(min=0.0)
-    max_min = mins.amax(dim=1, keepdim=True).clamp(min=0.0)
+    max_scale, max_min = positive_max(scales), positive_max(mins)
     zero = torch.zeros_like(max_scale)
     inv_scale = torch.where(max_scale > 0, div(63.0, max_scale), zero)
     inv_min = torch.where(max_min > 0, div(63.0, max_min), zero)

@@ -64,6 +64,17 @@ def signed_absmax_cols(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(amax > 0, mx, torch.zeros_like(mx)), amax
 
 
+def levels(iscale: torch.Tensor, xm: torch.Tensor, nmax: int) -> torch.Tensor:
+    """`MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))` for iscale (B,), x - min (n, B), as float.
+
+    iscale*(x - min) <= nmax when iscale is finite, where torch.round equals nearest_int. iscale overflows to
+    inf only for ranges below ~1e-37 (subnormal weights): C then gets nearest_int(inf) = -2^22 or
+    nearest_int(NaN) = 0, clamped to 0, for the whole sub-block.
+    """
+    L = (iscale * xm).round_().clamp_(0, nmax)
+    return L.masked_fill_(~iscale.isfinite(), 0.0)
+
+
 def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int,
               use_mad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """make_qkx2_quants for B sub-blocks at once: x, w (n, B) -> (scale (B,), the_min (B,), L (n, B) float).
@@ -82,7 +93,7 @@ def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: 
 
     iscale = div(float(nmax), mx - mn)
     scale = div(1.0, iscale)
-    L = (iscale * (x - mn)).round_().clamp_(0, nmax)  # |iscale*(x-min)| <= nmax: torch.round == nearest_int
+    L = levels(iscale, x - mn, nmax)
     diff = scale * L + mn - x
     best = seq_sum(w * (diff.abs_() if use_mad else diff.mul_(diff)))
 
@@ -91,7 +102,7 @@ def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: 
     steps = np.arange(nstep + 1, dtype=np.float32)
     cands = (np.float32(rmin) + np.float32(rdelta) * steps) + np.float32(nmax)  # float32, C's order
     for c in cands.tolist():
-        la = (div(c, mx - mn) * (x - mn)).round_().clamp_(0, nmax)
+        la = levels(div(c, mx - mn), x - mn, nmax)
         torch.mul(w, la, out=wl)
         torch.mul(wl, la, out=wll)
         torch.mul(wl, x, out=wlx)
