@@ -126,3 +126,114 @@ def info(
             for ti in r.tensors:
                 t.add_row(ti.name, ti.ggml_type.name, " x ".join(map(str, ti.shape)), _human_bytes(ti.nbytes))
             con.print(t)
+
+
+# -- convert (issue 3) ---------------------------------------------------------------------------------------------
+
+@app.command()
+def convert(
+    model_dir: Path = typer.Argument(..., help="Checkpoint directory: Hugging Face (config.json) or Meta (params.json)."),
+    outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16, q8_0, or auto (f16 for f16 weights, else bf16)."),
+    outfile: Optional[Path] = typer.Option(None, "--outfile", help="Output file (default: MODEL_DIR/NAME-OUTTYPE.gguf); "
+                                                                   "a directory gets the default name."),
+    vocab_only: bool = typer.Option(False, "--vocab-only", help="Write the vocabulary and hyperparameters only."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the tensors and size that would be written; write nothing."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="Context length to record (Meta checkpoints state none)."),
+) -> None:
+    """Convert a Hugging Face or Meta llama checkpoint to GGUF, identical to llama.cpp's convert_hf_to_gguf.py."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+    from rich.table import Table
+
+    from .convert import plan_conversion, write_gguf
+    from .errors import LlamakitError
+
+    t0 = time.perf_counter()
+    out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    with plan_conversion(model_dir, outtype, outfile, vocab_only, ctx) as plan:
+        for w in plan.warnings:
+            err.print(f"[yellow]warning:[/] {w}", markup=True, soft_wrap=True)
+        size = _human_bytes(plan.tensor_bytes)
+        if dry_run:
+            table = Table(title=f"{plan.model_dir} ({plan.kind}) -> {plan.outfile} ({plan.outtype})", title_justify="left")
+            for col in ("tensor", "type", "shape", "size", "note"):
+                table.add_column(col, justify="right" if col == "size" else "left")
+            for t in plan.tensors:
+                table.add_row(t.name, t.ggml_type.name, " x ".join(map(str, t.shape)), _human_bytes(t.nbytes), t.note or "")
+            out.print(table)
+            out.print(f"would write {plan.outfile}: {len(plan.metadata)} metadata keys, {len(plan.tensors)} tensors, "
+                      f"{size} of tensor data (dry run: nothing written)", soft_wrap=True)
+            return
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeElapsedColumn(), console=err, transient=True)
+        n_total = len(plan.tensors)
+        with progress:
+            task = progress.add_task(f"tensor 0/{n_total}", total=plan.tensor_bytes or 1)
+            done = [0]
+
+            def advance(t) -> None:  # type: ignore[no-untyped-def]
+                done[0] += 1
+                progress.update(task, advance=t.nbytes, description=f"tensor {done[0]}/{n_total} {t.name:<26}")
+
+            try:
+                result = write_gguf(plan, advance)
+            except KeyboardInterrupt:
+                raise LlamakitError(f"{plan.outfile}: interrupted; nothing was written") from None
+    out.print(f"wrote {result.outfile}: {_human_bytes(result.file_bytes)}, {result.n_tensors} tensors, "
+              f"{time.perf_counter() - t0:.1f} s", soft_wrap=True)
+
+
+# -- tokenize (issue 5) --------------------------------------------------------------------------------------------
+
+@app.command()
+def tokenize(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A .gguf file (default: the default model)."),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Text to tokenize."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Read the text from a file (as is)."),
+    stdin: bool = typer.Option(False, "--stdin", help="Read the text from standard input."),
+    ids: bool = typer.Option(False, "--ids", help="Print only the ids, as a Python list [1, 2, 3]."),
+    no_bos: bool = typer.Option(False, "--no-bos", help="Never add BOS/EOS, even if the model asks for them."),
+    no_escape: bool = typer.Option(False, "--no-escape", help=r"Do not process escapes (\n, \t, \xHH ...)."),
+    no_parse_special: bool = typer.Option(False, "--no-parse-special", help="Do not parse control tokens."),
+    show_count: bool = typer.Option(False, "--show-count", help="Print the total number of tokens."),
+) -> None:
+    """Tokenize text with a model's vocabulary, printing ids and pieces like llama.cpp's llama-tokenize."""
+    import sys
+
+    from .errors import InputError
+    from .gguf import GGUFReader
+    from .tokenizer import Tokenizer
+    from .tokenizer.escapes import process_escapes
+
+    if sum((prompt is not None, file is not None, stdin)) != 1:
+        raise InputError("give exactly one of -p TEXT, -f FILE or --stdin")
+    if prompt is not None:
+        data = prompt.encode("utf-8", "surrogateescape")
+    elif file is not None:
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise InputError(f"{file}: cannot read ({e.strerror})") from None
+    else:
+        data = sys.stdin.buffer.read()
+    if not no_escape:
+        data = process_escapes(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"the text is not valid UTF-8 at byte {e.start} (llamakit tokenizes Unicode text)") from None
+    with GGUFReader(model if model is not None else _default_model()) as r:
+        tok = Tokenizer.from_metadata(r.metadata)
+    # llama-tokenize passes add_special = (model adds BOS) and not --no-bos
+    tokens = tok.encode(text, add_special=tok.add_bos and not no_bos, parse_special=not no_parse_special)
+    out = bytearray()
+    if ids:
+        out += ("[" + ", ".join(map(str, tokens)) + "]\n").encode()
+    else:
+        for t in tokens:
+            out += f"{t:6d} -> '".encode() + tok.token_to_piece(t, special=True) + b"'\n"
+    if show_count:
+        out += f"Total number of tokens: {len(tokens)}\n".encode()
+    typer.echo(bytes(out), nl=False)
