@@ -237,3 +237,70 @@ def tokenize(
     if show_count:
         out += f"Total number of tokens: {len(tokens)}\n".encode()
     typer.echo(bytes(out), nl=False)
+
+
+# -- quantize (issue 4) --------------------------------------------------------------------------------------------
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def quantize(
+    args: list[str] = typer.Argument(..., metavar="IN.gguf [OUT.gguf] TYPE",
+                                     help="Input GGUF, optional output (default: ggml-model-TYPE.gguf beside the input), "
+                                          "and the type: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M (Q3_K) Q3_K_L "
+                                          "Q4_K_S Q4_K_M (Q4_K) Q5_K_S Q5_K_M (Q5_K) Q6_K F16 BF16 F32 COPY, any case, "
+                                          "or the numeric file type."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize",
+                                          help="Allow quantizing tensors that are already quantized (quality drops)."),
+    leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Leave output.weight as it is."),
+    pure: bool = typer.Option(False, "--pure", help="Every tensor gets TYPE's base type: no mixes, no fallbacks."),
+    output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", metavar="T",
+                                                     help="ggml type for output.weight (q8_0, q6_K, f16 ...)."),
+    token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", metavar="T",
+                                                       help="ggml type for token_embd.weight."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Worker threads (default: all cores)."),
+) -> None:
+    """Quantize a GGUF model exactly as llama.cpp's llama-quantize does (same tensor types, same bytes)."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    from .errors import InputError, LlamakitError
+    from .quantize import default_output_path, plan_quantize, run_quantize
+
+    if len(args) not in (2, 3):
+        raise InputError(f"expected IN.gguf [OUT.gguf] TYPE, got {len(args)} argument(s): {' '.join(args)}")
+    inp = Path(args[0])
+    t0 = time.perf_counter()
+    out_c, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    with plan_quantize(inp, args[-1], allow_requantize=allow_requantize, leave_output_tensor=leave_output_tensor,
+                       pure=pure, output_tensor_type=output_tensor_type,
+                       token_embedding_type=token_embedding_type) as plan:
+        out = Path(args[1]) if len(args) == 3 else default_output_path(inp, plan.spec)
+        for w in plan.warnings:
+            err.print(f"[yellow]warning:[/] {w}", markup=True, soft_wrap=True)
+        err.print(f"quantizing {inp} to {out} as {plan.spec.name}", soft_wrap=True)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeElapsedColumn(), console=err, transient=True)
+        n_total = len(plan.tensors)
+        index = {tp.name: i for i, tp in enumerate(plan.tensors, 1)}
+        with progress:
+            task = progress.add_task("", total=plan.input_bytes or 1)
+
+            def advance(tp, nbytes: int) -> None:  # type: ignore[no-untyped-def]
+                kind = (f"{tp.info.ggml_type.name} -> {tp.ggml_type.name}" if tp.convert else f"{tp.ggml_type.name} (copy)")
+                if tp.fallback_from is not None:
+                    kind += f" (fallback from {tp.fallback_from.name})"
+                progress.update(task, advance=nbytes,
+                                description=f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
+
+            try:
+                result = run_quantize(plan, out, threads=threads, progress=advance)
+            except KeyboardInterrupt:
+                raise LlamakitError(f"{out}: interrupted; nothing was written") from None
+        if plan.fallback_summary:
+            err.print(f"[yellow]warning:[/] {plan.fallback_summary}", markup=True, soft_wrap=True)
+    n_w = sum(tp.info.n_elements for tp in plan.tensors)
+    bpw = 8 * result.output_bytes / n_w if n_w else 0.0
+    out_c.print(f"wrote {result.output}: {_human_bytes(result.input_bytes)} -> {_human_bytes(result.output_bytes)} "
+                f"({bpw:.2f} bits per weight), {result.n_converted} of {result.n_tensors} tensors converted, "
+                f"{time.perf_counter() - t0:.1f} s", soft_wrap=True)
