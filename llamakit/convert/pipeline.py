@@ -173,6 +173,9 @@ def plan_conversion(model_dir: str | Path, outtype: str = "f16", outfile: str | 
             target = Path(outfile)
             if target.is_dir():
                 target = target / default_outfile(model_dir, outtype, vocab_only).name
+        if not target.parent.is_dir():
+            raise InputError(f"{target}: the directory {target.parent} does not exist; create it or pick another "
+                             "--outfile")
         return ConversionPlan(model_dir, ckpt.kind, outtype, target, vocab_only, md, planned, warnings,
                               ckpt.close)
     except BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,9 +159,10 @@ def torch_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: refused: the pickle holds objects other than tensors ({first[:160]}); "
-                         "llamakit never runs code from a checkpoint, get a safetensors copy instead") from None
+        m = re.search(r"WeightsUnpickler error: ([^.]*)", str(e))  # e.g. "Unsupported global: GLOBAL exec was ..."
+        why = m.group(1).strip() if m else "not a plain state dict"
+        raise InputError(f"{path}: refused: the pickle holds more than tensors ({why[:120]}); llamakit never runs "
+                         "code from a checkpoint, get a safetensors copy instead") from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "zip" in msg.lower() or "mmap" in msg.lower():
