@@ -132,13 +132,18 @@ def info(
 
 @app.command()
 def convert(
-    model_dir: Path = typer.Argument(..., help="Checkpoint directory: Hugging Face (config.json) or Meta (params.json)."),
-    outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16, q8_0, or auto (f16 for f16 weights, else bf16)."),
-    outfile: Optional[Path] = typer.Option(None, "--outfile", help="Output file (default: MODEL_DIR/NAME-OUTTYPE.gguf); "
-                                                                   "a directory gets the default name."),
+    model_dir: Path = typer.Argument(
+        ..., help="Checkpoint directory: Hugging Face (config.json) or Meta (params.json)."),
+    outtype: str = typer.Option(
+        "f16", "--outtype", help="f32, f16, bf16, q8_0, or auto (f16 for f16 weights, else bf16)."),
+    outfile: Optional[Path] = typer.Option(
+        None, "--outfile",
+        help="Output file (default: MODEL_DIR/NAME-OUTTYPE.gguf); a directory gets the default name."),
     vocab_only: bool = typer.Option(False, "--vocab-only", help="Write the vocabulary and hyperparameters only."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the tensors and size that would be written; write nothing."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="Context length to record (Meta checkpoints state none)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the tensors and size that would be written; write nothing."),
+    ctx: Optional[int] = typer.Option(
+        None, "--ctx", min=1, help="Context length to record (Meta checkpoints state none)."),
 ) -> None:
     """Convert a Hugging Face or Meta llama checkpoint to GGUF, identical to llama.cpp's convert_hf_to_gguf.py."""
     import time
@@ -157,11 +162,13 @@ def convert(
             err.print(f"[yellow]warning:[/] {w}", markup=True, soft_wrap=True)
         size = _human_bytes(plan.tensor_bytes)
         if dry_run:
-            table = Table(title=f"{plan.model_dir} ({plan.kind}) -> {plan.outfile} ({plan.outtype})", title_justify="left")
+            table = Table(title=f"{plan.model_dir} ({plan.kind}) -> {plan.outfile} ({plan.outtype})",
+                          title_justify="left")
             for col in ("tensor", "type", "shape", "size", "note"):
                 table.add_column(col, justify="right" if col == "size" else "left")
             for t in plan.tensors:
-                table.add_row(t.name, t.ggml_type.name, " x ".join(map(str, t.shape)), _human_bytes(t.nbytes), t.note or "")
+                table.add_row(t.name, t.ggml_type.name, " x ".join(map(str, t.shape)), _human_bytes(t.nbytes),
+                              t.note or "")
             out.print(table)
             out.print(f"would write {plan.outfile}: {len(plan.metadata)} metadata keys, {len(plan.tensors)} tensors, "
                       f"{size} of tensor data (dry run: nothing written)", soft_wrap=True)
@@ -304,3 +311,156 @@ def quantize(
     out_c.print(f"wrote {result.output}: {_human_bytes(result.input_bytes)} -> {_human_bytes(result.output_bytes)} "
                 f"({bpw:.2f} bits per weight), {result.n_converted} of {result.n_tensors} tensors converted, "
                 f"{time.perf_counter() - t0:.1f} s", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# run / perplexity / bench (the torch inference engine, llamakit/runtime)
+
+def _engine_threads(threads: Optional[int]) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise LlamakitError(f"--threads {threads}: give at least 1")
+        torch.set_num_threads(threads)
+
+
+def _model_or_default(model: Optional[Path]) -> Path:
+    if model is not None:
+        return model
+    from .runtime.default_model import default_model_path
+
+    return default_model_path(notify=lambda msg: typer.echo(msg, err=True))
+
+
+def _read_prompt_file(path: Path) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        raise LlamakitError(f"{path}: no such prompt file") from None
+    except IsADirectoryError:
+        raise LlamakitError(f"{path}: is a directory, expected a text file") from None
+    return text[:-1] if text.endswith("\n") else text  # llama.cpp's -f drops one trailing newline
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def run(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A .gguf model (default: SmolLM2-135M-Instruct Q4_1, fetched once)."),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Prompt text (in conversation mode: the user's message)."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Read the prompt from a file (one trailing newline dropped)."),
+    n_predict: int = typer.Option(-1, "-n", "--predict", "--n-predict", help="Tokens to generate: -1 = until EOS (with context shift: no limit), -2 = until the context is full."),
+    ctx_size: int = typer.Option(4096, "-c", "--ctx-size", help="Context size in tokens (0 = the model's training context)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch: prompt tokens per decode call."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch: tokens per forward pass."),
+    seed: int = typer.Option(-1, "-s", "--seed", help="RNG seed (-1 = random)."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature (<= 0: greedy)."),
+    top_k: int = typer.Option(40, "--top-k", help="Top-k (<= 0: off)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Top-p (1.0: off)."),
+    min_p: float = typer.Option(0.05, "--min-p", help="Min-p (0: off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Repetition penalty (1.0: off)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens the penalties look back at (0: off, -1: context size)."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Presence penalty (0: off)."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Frequency penalty (0: off)."),
+    reverse_prompt: list[str] = typer.Option([], "-r", "--reverse-prompt", help="Stop when this text is generated (repeatable)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Never sample end-of-generation tokens."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads (default: torch's, the physical cores)."),
+    no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
+    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (llama.cpp's -ngl; this version runs on the CPU)."),
+    keep: int = typer.Option(0, "--keep", help="Prompt tokens kept when the context shifts (-1: all)."),
+    context_shift: bool = typer.Option(True, "--context-shift/--no-context-shift", help="When the context fills: drop half of it and go on, or stop."),
+    conversation: Optional[bool] = typer.Option(None, "-cnv/-no-cnv", "--conversation/--no-conversation", help="Wrap the prompt in the model's chat template (default: when it has one)."),
+    system_prompt: str = typer.Option("", "-sys", "--system-prompt", help="System message in conversation mode."),
+    special: bool = typer.Option(False, "-sp", "--special", help="Print special tokens."),
+    escape: bool = typer.Option(True, "-e/--no-escape", "--escape", help="Process \\n, \\t, \\xHH... in the prompt."),
+    display_prompt: bool = typer.Option(True, "--display-prompt/--no-display-prompt", help="Echo the prompt before the generated text."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Run one warmup decode before timing."),
+    perf: bool = typer.Option(True, "--perf/--no-perf", help="Print the llama_perf timing lines at the end."),
+) -> None:
+    """Generate text from a GGUF model (llama.cpp's llama-cli): text to stdout, timings to stderr."""
+    from .runtime.run import RunOptions
+    from .runtime.run import run as run_model
+    from .runtime.sampling import SamplingParams
+
+    if prompt is not None and file is not None:
+        raise LlamakitError("give the prompt with -p or -f, not both")
+    text = _read_prompt_file(file) if file is not None else (prompt or "")
+    if escape:
+        from .tokenizer.escapes import process_escapes
+
+        text = process_escapes(text.encode("utf-8")).decode("utf-8", errors="replace")
+    _engine_threads(threads)
+    opts = RunOptions(
+        model=_model_or_default(model), prompt=text, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
+        n_ubatch=ubatch_size,
+        sampling=SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty, seed=seed),
+        reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap, gpu_layers=gpu_layers,
+        keep=keep, context_shift=context_shift, conversation=conversation, system_prompt=system_prompt,
+        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf,
+    )
+    if repeat_last_n < -1:
+        raise LlamakitError(f"--repeat-last-n {repeat_last_n}: use -1, 0 or a positive count")
+    run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None, log=lambda s: typer.echo(s, err=True))
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def perplexity(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A .gguf model (default: the SmolLM2 default model)."),
+    file: Path = typer.Option(..., "-f", "--file", help="The text to score."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Chunk (context) size in tokens."),
+    chunks: int = typer.Option(-1, "--chunks", help="Score at most this many chunks (-1: all)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
+    no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
+    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (this version runs on the CPU)."),
+) -> None:
+    """Perplexity of a text, as llama.cpp's llama-perplexity: running [i] values, then the final estimate."""
+    from .runtime.perplexity import run_perplexity
+
+    text = _read_prompt_file(file)
+    _engine_threads(threads)
+    run_perplexity(_model_or_default(model), text, n_ctx=ctx_size, n_chunks=chunks, n_batch=batch_size,
+                   n_ubatch=ubatch_size, use_mmap=not no_mmap, gpu_layers=gpu_layers,
+                   emit=lambda s: typer.echo(s, nl=False), log=lambda s: typer.echo(s, err=True))
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def bench(
+    model: list[Path] = typer.Option([], "-m", "--model", help="Model(s) to measure (repeatable; default: the default model)."),
+    n_prompt: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens (pp test; 0 to skip)."),
+    n_gen: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens (tg test; 0 to skip)."),
+    reps: int = typer.Option(5, "-r", "--repetitions", help="Timed runs per test."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
+    no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory."),
+) -> None:
+    """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
+    import torch
+
+    from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
+    from .runtime.generate import Context
+    from .runtime.loader import load_model
+
+    if reps < 1:
+        raise LlamakitError(f"-r {reps}: give at least 1 repetition")
+    _engine_threads(threads)
+    rows: list[dict[str, str]] = []
+    header_done = False
+    for path in model or [_model_or_default(None)]:
+        with load_model(path, use_mmap=not no_mmap) as lm:
+            bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
+            ctx = Context(lm, max(n_prompt, n_gen, 1), batch_size, ubatch_size)
+            base = {**model_row(lm), "backend": "CPU", "threads": str(torch.get_num_threads())}
+            for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
+                if n <= 0:
+                    continue
+                r = fn(ctx, n, bos, reps)
+                rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
+                lines = markdown_table(rows)
+                if not header_done:
+                    typer.echo("\n".join(lines[:2]))
+                    header_done = True
+                typer.echo(markdown_table(rows)[-1])

@@ -175,3 +175,29 @@ def test_q8_0_falls_back_to_f16_for_short_rows(tmp_path: Path) -> None:
     convert(model, "q8_0", tmp_path / "o.gguf")
     with GGUFReader(tmp_path / "o.gguf") as r:
         assert r.tensor("blk.0.ffn_down.weight").ggml_type == GGMLType.F16
+
+
+def test_sharded_bin_with_index(tmp_path: Path) -> None:
+    import torch
+
+    sd = torch.load(SRC / "hf-bin" / "pytorch_model.bin", weights_only=True)
+    names = list(sd)
+    model = tmp_path / "bins"
+    model.mkdir()
+    for f in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(SRC / "hf-bin" / f, model)
+    files = {"pytorch_model-00001-of-00002.bin": names[:20], "pytorch_model-00002-of-00002.bin": names[20:]}
+    for fname, part in files.items():
+        torch.save({k: sd[k] for k in part}, model / fname)
+    index = {"weight_map": {k: f for f, part in files.items() for k in part}}
+    (model / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    convert(model, "q8_0", tmp_path / "o.gguf")
+    with GGUFReader(tmp_path / "o.gguf") as a, GGUFReader(TINY_GGUF / "convert-q8_0.gguf") as b:
+        assert_same_metadata(a, b)
+        assert_same_tensors(a, b, same_order=False)
+        # file order, then each file's state-dict order
+        assert [t.name for t in a.tensors][18:21] == ["blk.1.ffn_norm.weight", "blk.2.attn_q.weight",
+                                                      "blk.2.attn_k.weight"]
+    (model / "pytorch_model-00002-of-00002.bin").unlink()
+    res = runner.invoke(app, ["convert", str(model), "--outfile", str(tmp_path / "p.gguf")])
+    assert res.exit_code == 1 and "pytorch_model-00002-of-00002.bin" in res.stderr

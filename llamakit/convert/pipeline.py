@@ -40,7 +40,7 @@ OUTTYPES: dict[str, tuple[GGMLType, LlamaFileType]] = {
     "q8_0": (GGMLType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
 _TORCH_OF = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
-_CHUNK = 1 << 22  # elements converted at a time: bounds the float32 temporaries of a conversion to ~16 MiB each
+_CHUNK = 1 << 20  # elements quantized at a time: bounds the codec's float32 temporaries to ~4 MiB each
 
 
 @dataclass(frozen=True)
