@@ -6,20 +6,21 @@ llama.cpp classifies every code point into one coarse category (src/unicode.h, u
     PUNCTUATION = \\p{P} (P*)       SYMBOL = \\p{S} (S*)               SEPARATOR = Z*, CONTROL = C* except Cn
     UNDEFINED = Cn                  plus a separate whitespace flag: the Unicode White_Space list
 
-and its pre-tokenizer regexes only ever ask those questions. We rebuild the same classes from Python's
-`unicodedata` and turn them into character classes for the standard `re` module.
+and its pre-tokenizer regexes only ever ask those questions. We turn the same classes into character classes
+for the standard `re` module.
 
-Unicode version: llama.cpp c392e50 was generated from Unicode 15.1. Python's `unicodedata` is 14.0 on 3.11,
-15.0 on 3.12 and 15.1 on 3.13. The only difference between versions is code points newly assigned since
-(about 5 100 from 14.0 to 15.1: CJK extensions H/I, a few scripts, ~30 emoji): llama.cpp calls them letters
-(etc.) where an older Python calls them unassigned. No category of an older code point changed.
+Unicode version: llama.cpp c392e50's tables are Unicode 15.1, so ours are too, whatever the Python:
+_unicode_data.py is generated from Python 3.13's unicodedata (15.1) by scripts/gen_unicode_tables.py. (Python
+3.11 has 14.0, where ~5 100 code points of 15.0/15.1, e.g. CJK extensions H and I, are unassigned.)
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
-import unicodedata
+
+from ._unicode_data import RANGES
 
 MAX_CODEPOINT = 0x110000
 
@@ -29,39 +30,54 @@ WHITESPACE: tuple[int, ...] = (
     *range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
 )
 
-# Category groups by the first letter of the general category.
-_GROUPS = {"L": "L", "N": "N", "P": "P", "S": "S", "M": "M"}
-
 # In llama.cpp's generic regex path (std::regex over a "collapsed" text, src/unicode.cpp unicode_regex_split)
 # ASCII characters keep their own value and `\p{S}` expands to the ASCII list `$+<=>^`|` only: '~' (U+007E,
 # Sm) is missing there. The other ASCII lists agree with Unicode. We reproduce that: `\p{S}` never matches '~'.
-_SYMBOL_ASCII_EXCLUDED = (0x7E,)
+_SYMBOL_ASCII_EXCLUDED = 0x7E
+
+
+def _parse(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for item in spec.split():
+        a, _, b = item.partition("-")
+        out.append((int(a, 16), int(b or a, 16)))
+    return out
 
 
 @functools.lru_cache(maxsize=1)
 def category_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
     """{'L'|'N'|'P'|'S'|'M'|'WS': ((first, last), ...)} inclusive code point ranges, sorted."""
-    out: dict[str, list[list[int]]] = {k: [] for k in (*_GROUPS, "WS")}
-    cat = unicodedata.category
-    prev_group = None
-    for cp in range(MAX_CODEPOINT):
-        g = _GROUPS.get(cat(chr(cp))[0])
-        if g == "S" and cp in _SYMBOL_ASCII_EXCLUDED:
-            g = None
-        if g is not None:
-            ranges = out[g]
-            if prev_group == g:
-                ranges[-1][1] = cp
-            else:
-                ranges.append([cp, cp])
-        prev_group = g
-    ws = out["WS"]
+    out = {g: _parse("".join(spec)) for g, spec in RANGES.items()}
+    sym = []
+    for a, b in out["S"]:
+        if a <= _SYMBOL_ASCII_EXCLUDED <= b:
+            sym += [r for r in ((a, _SYMBOL_ASCII_EXCLUDED - 1), (_SYMBOL_ASCII_EXCLUDED + 1, b)) if r[0] <= r[1]]
+        else:
+            sym.append((a, b))
+    out["S"] = sym
+    ws: list[list[int]] = []
     for cp in WHITESPACE:
         if ws and ws[-1][1] == cp - 1:
             ws[-1][1] = cp
         else:
             ws.append([cp, cp])
-    return {k: tuple((a, b) for a, b in v) for k, v in out.items()}
+    out["WS"] = [(a, b) for a, b in ws]
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _group_index() -> tuple[list[int], list[tuple[int, str]]]:
+    spans = sorted((a, b, g) for g, rs in category_ranges().items() if g != "WS" for a, b in rs)
+    return [a for a, _, _ in spans], [(b, g) for _, b, g in spans]
+
+
+def category_group(cp: int) -> str | None:
+    """'L', 'N', 'P', 'S' or 'M' for a code point (Unicode 15.1; '~' is not 'S'), None for the rest."""
+    starts, ends = _group_index()
+    i = bisect.bisect_right(starts, cp) - 1
+    if i >= 0 and cp <= ends[i][0]:
+        return ends[i][1]
+    return None
 
 
 def _esc(cp: int) -> str:
@@ -93,7 +109,7 @@ _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 def _stand_in(m: re.Match[str]) -> str:
-    return _STAND_IN.get(unicodedata.category(m.group())[0], _OTHER_STAND_IN)
+    return _STAND_IN.get(category_group(ord(m.group())) or "", _OTHER_STAND_IN)
 
 
 def collapse_astral(text: str) -> str:
