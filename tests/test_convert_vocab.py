@@ -180,3 +180,20 @@ def test_llama3_tiktoken_tokenizer_model_is_explained(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match="tiktoken .*tokenizer.json"):
         convert(d, "f16", tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "spm-style-bpe"])
+def test_unsupported_tokenizer_json_kinds(tmp_path: Path, kind: str) -> None:
+    d = _bpe_model_dir(tmp_path, 265, {})
+    tj = json.loads((d / "tokenizer.json").read_text())
+    if kind == "wordpiece":
+        tj["model"]["type"] = "WordPiece"
+        match = "'WordPiece' tokenizer"
+    else:
+        tj["model"]["byte_fallback"] = True
+        tj["decoder"] = {"type": "Sequence", "decoders": []}
+        match = "without tokenizer.model"
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(UnsupportedError, match=match):
+        convert(d, "f16", tmp_path / "x.gguf", vocab_only=True)
+    assert not (tmp_path / "x.gguf").exists()

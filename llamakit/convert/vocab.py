@@ -288,12 +288,18 @@ def bpe_vocab(directory: Path, vocab_size: int | None,
     return tokens, types, pre
 
 
-def _is_llama_hf_bpe(directory: Path) -> bool:
-    """A Llama-2-style tokenizer.json (BPE with byte fallback, i.e. SentencePiece in disguise)."""
-    tj = read_json(directory / "tokenizer.json")
-    model = tj.get("model") or {}
-    decoder = tj.get("decoder") or {}
-    return model.get("type") == "BPE" and bool(model.get("byte_fallback")) and decoder.get("type") == "Sequence"
+def _check_bpe_json(path: Path) -> None:
+    """Only byte-level BPE tokenizer.json files become gpt2 vocabularies here."""
+    tj = read_json(path)
+    model = (tj.get("model") or {}) if isinstance(tj, dict) else {}
+    decoder = (tj.get("decoder") or {}) if isinstance(tj, dict) else {}
+    if model.get("type") != "BPE":
+        raise UnsupportedError(f"{path}: a {model.get('type')!r} tokenizer; llamakit converts SentencePiece "
+                               "(tokenizer.model) and byte-level BPE vocabularies")
+    if model.get("byte_fallback") and decoder.get("type") == "Sequence":
+        # a Llama-2-style tokenizer.json: SentencePiece in disguise (llama.cpp's LlamaHfVocab, needs transformers)
+        raise UnsupportedError(f"{path}: a SentencePiece-style BPE tokenizer.json without tokenizer.model; put the "
+                               "model's tokenizer.model beside it")
 
 
 def vocab_metadata(directory: Path, vocab_size: int | None, warnings: list[str],
@@ -312,9 +318,7 @@ def vocab_metadata(directory: Path, vocab_size: int | None, warnings: list[str],
         out[Keys.TOK_TYPES] = GGUFValue(types, T.ARRAY, T.INT32)
         sv = load_special_vocab(directory, len(tokens), False, warnings, config, tokenizer_config)
     elif (directory / "tokenizer.json").is_file():
-        if _is_llama_hf_bpe(directory):
-            raise UnsupportedError(f"{directory / 'tokenizer.json'}: a SentencePiece-style BPE tokenizer.json "
-                                   "without tokenizer.model; put the model's tokenizer.model beside it")
+        _check_bpe_json(directory / "tokenizer.json")
         tokens, types, pre = bpe_vocab(directory, vocab_size, warnings)
         out[Keys.TOK_MODEL] = GGUFValue("gpt2", T.STRING)
         out[Keys.TOK_PRE] = GGUFValue(pre, T.STRING)
