@@ -49,7 +49,7 @@ _DROPPED_KEYS = (Keys.QUANTIZATION_VERSION, Keys.FILE_TYPE, "split.no", "split.c
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 # weights per work item: big enough that torch's per-op cost dwarfs Python's, small enough to spread a
 # tensor over the threads and keep the K-quant temporaries in a few MiB
-CHUNK_WEIGHTS = 1 << 17
+CHUNK_WEIGHTS = 1 << 18
 
 # llama_model_loader's file type guess (most common tensor type) for COPY of a file without general.file_type
 _GUESS = {GGMLType.F32: LlamaFileType.ALL_F32, GGMLType.F16: LlamaFileType.MOSTLY_F16,

@@ -26,11 +26,32 @@ NTRY = 7
 
 
 def best_index(v: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """ggml's best_index_int8 for every element: the nearest grid value, the upper one on exact ties
-    (`x - val[mu-1] < val[mu] - x ? mu-1 : mu` after a bisection with val[mu-1] <= x < val[mu])."""
+    """ggml's best_index_int8, literally: the bisection's bracket val[mu-1] <= x < val[mu], then the upper
+    one unless `x - val[mu-1] < val[mu] - x` (so exact ties go up). Reference for `nearest_level`."""
     mu = torch.searchsorted(grid, v.contiguous(), right=True).clamp_(1, len(KVALUES) - 1)
     lower = (v - grid[mu - 1]) < (grid[mu] - v)
     return mu - lower.to(mu.dtype)
+
+
+# best_index_int8 as a table on floor(2x). Every midpoint (val[k] + val[k+1])/2 of this grid is a multiple of
+# 1/2 and at least 4.5 from 0, which makes C's float test `x - val[k] < val[k+1] - x` exact near a midpoint
+# (both differences are exact there), i.e. the same as `x < midpoint`; so the index is the number of
+# midpoints m with 2x >= 2m, which only depends on floor(2x). Clamping floor(2x) to [-256, 256] keeps the
+# two ends (x <= -127 -> 0, x >= 113 -> 15).
+_HALF_RANGE = 256
+
+
+def _level_table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    twice_mid = [KVALUES[k] + KVALUES[k + 1] for k in range(len(KVALUES) - 1)]
+    idx = [sum(f >= m for m in twice_mid) for f in range(-_HALF_RANGE, _HALF_RANGE + 1)]
+    index = torch.tensor(idx, dtype=torch.uint8, device=device)
+    return index, torch.tensor(KVALUES, dtype=torch.float32, device=device)[index.long()]
+
+
+def nearest_level(v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """table[best_index_int8(v)] for float32 v (any shape), via floor(2v)."""
+    t = (v * 2.0).floor_().clamp_(-_HALF_RANGE, _HALF_RANGE).add_(_HALF_RANGE).to(torch.int32)
+    return table.index_select(0, t.reshape(-1)).reshape(v.shape)
 
 
 class IQ4_NL(Codec):
@@ -42,17 +63,21 @@ class IQ4_NL(Codec):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
-        grid = self._grid(xb.device)
+        index, values = _level_table(xb.device)
         xs = xb.t().contiguous()  # (32, B), element-major
         mx, amax = signed_absmax_cols(xs)
         zero = amax < GROUP_MAX_EPS
         mx = torch.where(zero, torch.ones_like(mx), mx)
         w = xs * xs
+        terms = torch.empty((2,) + xs.shape, dtype=torch.float32, device=xs.device)
 
         def sums(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            q = grid[best_index(iscale * xs, grid)]
-            wq = w * q
-            return seq_sum(wq * xs), seq_sum(wq * q)
+            q = nearest_level(iscale * xs, values)  # iscale*x first, as C; doubling inside is exact
+            wq = torch.mul(w, q, out=terms[1])
+            torch.mul(wq, xs, out=terms[0])
+            wq.mul_(q)
+            sumqx, sumq2 = seq_sum(terms.transpose(0, 1))
+            return sumqx, sumq2
 
         d0 = -mx / float(KVALUES[0])
         sumqx, sumq2 = sums(div(1.0, d0))
@@ -66,7 +91,7 @@ class IQ4_NL(Codec):
             best = torch.where(acc, dk * sumqx, best)
         d = d.masked_fill_(zero, 0.0)
         inv = torch.where(d != 0, div(1.0, d), torch.zeros_like(d))
-        L = best_index(inv * xs, grid).t().to(torch.uint8)  # (B, 32)
+        L = nearest_level(inv * xs, index).t()  # (B, 32) uint8
         out = torch.cat((fp16_bytes(d[:, None]), pack_nibbles(L)), dim=1)
         return self._rows_out(out, lead)
 

@@ -48,9 +48,10 @@ def sqrt_f32(t: torch.Tensor) -> torch.Tensor:
 def seq_sum(t: torch.Tensor, first: bool = False) -> torch.Tensor:
     """Sum over dim 0 in index order, float32. `first`: C starts from the first term (`s = a[0]`), else from
     `0.0f` (which turns a leading -0.0 into +0.0)."""
-    acc = t[0].clone() if first else t[0] + 0.0
-    for i in range(1, t.shape[0]):
-        acc.add_(t[i])
+    rows = t.unbind(0)
+    acc = rows[0].clone() if first else rows[0] + 0.0
+    for r in rows[1:]:
+        acc.add_(r)
     return acc
 
 
@@ -64,15 +65,17 @@ def signed_absmax_cols(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(amax > 0, mx, torch.zeros_like(mx)), amax
 
 
-def levels(iscale: torch.Tensor, xm: torch.Tensor, nmax: int) -> torch.Tensor:
-    """`MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))` for iscale (B,), x - min (n, B), as float.
+def finite_or_zero(iscale: torch.Tensor) -> torch.Tensor:
+    """An inverse scale for `levels`: iscale overflows to inf only for ranges below ~1e-37 (subnormal
+    weights), where C gets nearest_int(inf) = -2^22 or nearest_int(inf*0 = NaN) = 0, both clamped to level
+    0; a zero iscale gives the same levels."""
+    return torch.where(iscale.isfinite(), iscale, torch.zeros_like(iscale))
 
-    iscale*(x - min) <= nmax when iscale is finite, where torch.round equals nearest_int. iscale overflows to
-    inf only for ranges below ~1e-37 (subnormal weights): C then gets nearest_int(inf) = -2^22 or
-    nearest_int(NaN) = 0, clamped to 0, for the whole sub-block.
-    """
-    L = (iscale * xm).round_().clamp_(0, nmax)
-    return L.masked_fill_(~iscale.isfinite(), 0.0)
+
+def levels(iscale: torch.Tensor, xm: torch.Tensor, nmax: int) -> torch.Tensor:
+    """`MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))` for a finite iscale (B,) and x - min (n, B), as float:
+    |iscale*(x - min)| stays near nmax, where torch.round (half to even) equals nearest_int."""
+    return (iscale * xm).round_().clamp_(0, nmax)
 
 
 def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int,
@@ -92,17 +95,24 @@ def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: 
     flat = mx == mn  # L = 0, scale 0
 
     iscale = div(float(nmax), mx - mn)
-    scale = div(1.0, iscale)
-    L = levels(iscale, x - mn, nmax)
-    diff = scale * L + mn - x
+    scale = div(1.0, iscale)  # from the raw iscale: 1/inf = 0, as C
+    iscale = finite_or_zero(iscale)
+    xm = x - mn
+    la = levels(iscale, xm, nmax)
+    diff = scale * la + mn - x
     best = seq_sum(w * (diff.abs_() if use_mad else diff.mul_(diff)))
+    # L is rebuilt at the end from the (iscale, min) of the winning candidate instead of being copied out
+    # of every accepted candidate
+    win_iscale, win_mn = iscale, mn
 
     terms = torch.empty((n, 3, B), dtype=torch.float32, device=x.device)
     wl, wll, wlx = terms[:, 0], terms[:, 1], terms[:, 2]
     steps = np.arange(nstep + 1, dtype=np.float32)
     cands = (np.float32(rmin) + np.float32(rdelta) * steps) + np.float32(nmax)  # float32, C's order
     for c in cands.tolist():
-        la = levels(div(c, mx - mn), x - mn, nmax)
+        isc = finite_or_zero(div(c, mx - mn))
+        torch.sub(x, mn, out=xm)
+        torch.mul(xm, isc, out=la).round_().clamp_(0, nmax)
         torch.mul(w, la, out=wl)
         torch.mul(wl, la, out=wll)
         torch.mul(wl, x, out=wlx)
@@ -113,14 +123,16 @@ def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: 
         pos = this_min > 0
         this_min = this_min.masked_fill_(pos, 0.0)
         this_scale = torch.where(pos, sum_xl / sum_l2, this_scale)
-        diff = this_scale * la + this_min - x
+        torch.mul(la, this_scale, out=diff).add_(this_min).sub_(x)  # this_scale*L + this_min - x
         mad = seq_sum((diff.abs_() if use_mad else diff.mul_(diff)).mul_(w))
         take = (D > 0) & (mad < best)
-        L = torch.where(take, la, L)
+        win_iscale = torch.where(take, isc, win_iscale)
+        win_mn = torch.where(take, mn, win_mn)
         best = torch.where(take, mad, best)
         scale = torch.where(take, this_scale, scale)
         mn = torch.where(take, this_min, mn)
 
+    L = levels(win_iscale, x - win_mn, nmax)
     scale = scale.masked_fill_(flat, 0.0)
     L = L.masked_fill_(flat, 0.0)
     return scale, -mn, L
