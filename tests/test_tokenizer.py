@@ -167,11 +167,13 @@ def test_token_to_piece(spm: Tokenizer, gpt2: Tokenizer) -> None:
 
 # ---------------------------------------------------------------------------------------------- properties
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+# SentencePiece writes spaces as U+2581, so a literal U+2581 decodes to a space (in llama.cpp too)
+SPM_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581"), max_size=40)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
-@given(TEXT)
+@given(SPM_TEXT)
 def test_spm_round_trip(spm: Tokenizer, s: str) -> None:
     ids = spm.encode(s, add_special=False)
     assert spm.decode(ids, special=True) == s
