@@ -256,3 +256,21 @@ def test_missing_pre_warns_and_uses_default() -> None:
     with pytest.warns(UserWarning, match="pre is missing"):
         tok = Tokenizer.from_metadata(md)
     assert tok.vocab.pre_tokenizer.family == "default"
+
+
+def test_ignore_merges_llama3_style() -> None:
+    # Llama-3 pre-tokenizers take a word that is a token whole (ignore_merges). Drop the merge that builds
+    # 'ĠHello' from GPT-2's list: plain BPE can no longer reach it, ignore_merges still finds it.
+    md = metadata(VOCAB / "ggml-vocab-gpt-2.gguf")
+    merges = list(md["tokenizer.ggml.merges"])
+    last = [m for m in merges if m.replace(" ", "") == "ĠHello"]
+    assert len(last) == 1
+    merges.remove(last[0])
+    md["tokenizer.ggml.merges"] = merges
+    for engine in ("auto", "python"):
+        plain = Tokenizer.from_metadata(md, engine=engine)
+        llama3 = Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": "llama-bpe"}, engine=engine)
+        assert llama3.add_bos and not plain.add_bos
+        assert len(plain.encode(" Hello", add_special=False)) > 1
+        assert llama3.encode(" Hello", add_special=False) == [18435]
+        assert llama3.encode(" Hello") == [50256, 18435]  # BOS (= <|endoftext|> here) added for llama-bpe

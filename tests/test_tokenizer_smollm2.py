@@ -156,3 +156,11 @@ def test_missing_byte_char_is_not_skipped_over(tok: Tokenizer) -> None:
     dots = tok.encode("..", add_special=False)
     assert len(dots) == 1
     assert tok.encode(".\x13.", add_special=False) == tok.encode(".", add_special=False) * 2
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 49151), max_size=30))
+def test_stream_equals_decode(tok: Tokenizer, ids: list[int]) -> None:
+    for special in (False, True):
+        dec = tok.stream_decoder(special=special)
+        assert "".join(dec.feed(i) for i in ids) + dec.flush() == tok.decode(ids, special=special)
