@@ -56,3 +56,11 @@ def test_escapes_like_llama_cpp() -> None:
     assert process_escapes(rb"\x 9\x+9\x-1.") == b"\t\t\xff."  # what strtol accepts in two characters
     assert process_escapes(rb"\q\xZZ.") == rb"\q\xZZ."
     assert process_escapes(b"end\\") == b"end\\"
+
+
+def test_stdin_and_default_model(smollm2_gguf: Path, monkeypatch) -> None:
+    res = runner.invoke(app, ["tokenize", "-m", SPM, "--stdin", "--ids", "--no-escape"], input="a\\nb")
+    assert res.exit_code == 0 and res.stdout == "[1, 263, 29905, 9877]\n"  # '▁a' '\\' 'nb': the backslash stays
+    monkeypatch.setenv("LLAMAKIT_SMOLLM2", str(smollm2_gguf))
+    res = runner.invoke(app, ["tokenize", "-p", "<|im_end|>", "--ids"])  # no -m: the default model (SmolLM2)
+    assert res.exit_code == 0 and res.stdout == "[2]\n"
