@@ -111,7 +111,8 @@ def test_special_tokens(tok: Tokenizer) -> None:
     assert not tok.add_bos and not tok.add_eos and not tok.add_space_prefix  # vocab 49152: add_bos false
     # <|endoftext|> and <|im_end|> are found by text; <|im_end|> is also eos
     assert tok.eog_ids == frozenset({0, 2})
-    assert tok.eot_id == 2
+    # both texts qualify as EOT: llama.cpp (libstdc++ build) meets <|endoftext|> first in its hash map
+    assert tok.eot_id == 0
     assert tok.is_control(1) and not tok.is_control(28)
     assert tok.n_vocab == 49152 and tok.pre == "smollm"
     assert tok.encode("hi", add_special=True) == tok.encode("hi", add_special=False)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import InputError, UnsupportedError
 from .pretokenize import PRE_TOKENIZERS, PreTokenizer
+from .stdmap import iteration_order
 
 
 class Attr(IntFlag):
@@ -54,7 +55,7 @@ _SPECIAL_ID_KEYS = (
 
 # Special tokens found by their text when the metadata does not name them (llama-vocab.cpp ~1763-1950).
 # llama.cpp walks an unordered_map, so when a vocabulary has two candidates for the same role the winner
-# depends on the hash table's layout; we take them in this list's order (documented in docs/tokenizer.md).
+# depends on the hash table's layout: stdmap.py reproduces libstdc++'s.
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
               "<｜end▁of▁sentence｜>")
 _EOM_TEXTS = ("<|eom_id|>",)
@@ -195,25 +196,23 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     if v is not None:
         add_eos = _as_bool(v, "add_eos_token")
 
-    def detect(role: str, candidates: Sequence[str]) -> None:
-        if special[role] is not None:
-            return
-        for text in candidates:
-            tid = token_to_id.get(text)
-            if tid is not None:
-                special[role] = tid
-                if not attrs[tid] & Attr.CONTROL:
-                    attrs[tid] = int(Attr.CONTROL)  # llama.cpp overrides the type (assignment, not OR)
-                return
-
-    detect("eot", _EOT_TEXTS)
-    detect("eom", _EOM_TEXTS)
-    detect("fim_pre", _FIM_PRE_TEXTS)
-    detect("fim_suf", _FIM_SUF_TEXTS)
-    detect("fim_mid", _FIM_MID_TEXTS)
-    detect("fim_pad", _FIM_PAD_TEXTS)
-    detect("fim_rep", _FIM_REP_TEXTS)
-    detect("fim_sep", _FIM_SEP_TEXTS)
+    roles = (("eot", _EOT_TEXTS), ("eom", _EOM_TEXTS), ("fim_pre", _FIM_PRE_TEXTS), ("fim_suf", _FIM_SUF_TEXTS),
+             ("fim_mid", _FIM_MID_TEXTS), ("fim_pad", _FIM_PAD_TEXTS), ("fim_rep", _FIM_REP_TEXTS),
+             ("fim_sep", _FIM_SEP_TEXTS))
+    found = {role: [token_to_id[t] for t in texts if t in token_to_id] for role, texts in roles
+             if special[role] is None}
+    rank: dict[int, int] = {}
+    if any(len(ids) > 1 for ids in found.values()):
+        # llama.cpp takes the candidate its unordered_map lists first: emulate libstdc++ (Linux builds)
+        order = iteration_order([t.encode("utf-8") for t in texts])
+        if order is not None:
+            rank = {tid: r for r, tid in enumerate(order)}
+    for role, ids in found.items():
+        if ids:
+            tid = min(ids, key=lambda i: rank.get(i, 0))  # without a rank: the first in llama.cpp's list
+            special[role] = tid
+            if not attrs[tid] & Attr.CONTROL:
+                attrs[tid] = int(Attr.CONTROL)  # llama.cpp overrides the type (assignment, not OR)
 
     eog: set[int] = set()
     for role in ("fim_pad", "fim_rep", "fim_sep"):
