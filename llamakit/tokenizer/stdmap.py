@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 _M64 = (1 << 64) - 1
 _MUL = (0xC6A4A793 << 32) + 0x5BD1E995
 _SEED = 0xC70F6907
 _BUCKETS = (13, 29, 59, 127, 257, 541, 1109, 2357, 5087, 10273, 20753, 42043, 85229, 172933, 351061, 712697,
             1447153)
-_BEFORE_BEGIN = -2  # a bucket whose first node is the list head
 
 
 def _shift_mix(v: int) -> int:
@@ -47,71 +48,63 @@ def std_hash(data: bytes) -> int:
     return _shift_mix(h)
 
 
+def std_hashes(keys: Sequence[bytes]) -> np.ndarray:
+    """std_hash of every key at once (uint64), vectorised over keys, 8-byte word by word."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    lengths = np.fromiter((len(k) for k in keys), dtype=np.uint64, count=n)
+    n_words = int(lengths.max()) // 8 + 1  # room for the zero-padded tail word
+    if n * n_words > 8 << 20:  # very long keys: do not build a huge matrix
+        return np.array([std_hash(k) for k in keys], dtype=np.uint64)
+    words = np.frombuffer(b"".join(k.ljust(8 * n_words, b"\0") for k in keys), dtype="<u8").reshape(n, n_words)
+    mul, s47 = np.uint64(_MUL), np.uint64(47)
+    full = lengths // np.uint64(8)
+    h = np.uint64(_SEED) ^ (lengths * mul)
+    for w in range(int(full.max())):
+        d = words[:, w] * mul
+        d = (d ^ (d >> s47)) * mul
+        h = np.where(full > w, (h ^ d) * mul, h)
+    tail = words[np.arange(n), full.astype(np.intp)]  # the 1..7 last bytes, zero padded = load_bytes()
+    h = np.where((lengths & np.uint64(7)) != 0, (h ^ tail) * mul, h)
+    h = (h ^ (h >> s47)) * mul
+    return h ^ (h >> s47)
+
+
 def iteration_order(keys: Sequence[bytes]) -> list[int] | None:
     """The values of `m[keys[i]] = i` (i = 0, 1, ...) in the order libstdc++ iterates the map; a repeated key
-    keeps its first position and its last value. None for more keys than the observed bucket counts cover."""
-    nxt: list[int] = []
-    codes: list[int] = []
-    vals: list[int] = []
-    where: dict[bytes, int] = {}
-    n_buckets, grown = 1, -1
-    buckets: list[int | None] = [None]  # bucket -> node before its first node (or _BEFORE_BEGIN)
-    head = -1
-    for i, key in enumerate(keys):
-        node = where.get(key)
-        if node is not None:
-            vals[node] = i
-            continue
-        if len(nxt) + 1 > (n_buckets if grown >= 0 else 0):
-            grown += 1
-            if grown == len(_BUCKETS):
-                return None
-            n_buckets = _BUCKETS[grown]
-            new: list[int | None] = [None] * n_buckets
-            p, head, first_bucket = head, -1, 0
-            while p != -1:
-                q = nxt[p]
-                b = codes[p] % n_buckets
-                prev = new[b]
-                if prev is None:
-                    nxt[p] = head
-                    head = p
-                    new[b] = _BEFORE_BEGIN
-                    if nxt[p] != -1:
-                        new[first_bucket] = p
-                    first_bucket = b
-                else:
-                    if prev == _BEFORE_BEGIN:
-                        nxt[p] = head
-                        head = p
-                    else:
-                        nxt[p] = nxt[prev]
-                        nxt[prev] = p
-                p = q
-            buckets = new
-        node = len(nxt)
-        code = std_hash(key)
-        nxt.append(-1)
-        codes.append(code)
-        vals.append(i)
-        where[key] = node
-        b = code % n_buckets
-        prev = buckets[b]
-        if prev is None:
-            nxt[node] = head
-            head = node
-            if nxt[node] != -1:
-                buckets[codes[nxt[node]] % n_buckets] = node
-            buckets[b] = _BEFORE_BEGIN
-        elif prev == _BEFORE_BEGIN:
-            nxt[node] = head
-            head = node
-        else:
-            nxt[node] = nxt[prev]
-            nxt[prev] = node
-    out = []
-    p = head
-    while p != -1:
-        out.append(vals[p])
-        p = nxt[p]
-    return out
+    keeps its first position and its last value. None for more keys than the observed bucket counts cover.
+
+    Rather than moving list nodes one by one, each growth stage is one sort. Within a stage (from one rehash to
+    the next) every event, the rehash re-linking the old list in order and then each new insert, puts its node
+    at the front of its bucket's run, and a bucket whose run is new goes to the front of the list. So the list
+    is ordered by the time its bucket was first filled (latest first), then by the node's own time (latest
+    first), times counted from the start of the stage.
+    """
+    if len(set(keys)) == len(keys):
+        distinct, values = list(keys), np.arange(len(keys))
+    else:
+        first: dict[bytes, int] = {}
+        last: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+            last[k] = i
+        distinct = sorted(first, key=first.__getitem__)  # nodes in insertion order
+        values = np.array([last[k] for k in distinct], dtype=np.intp)
+    n = len(distinct)
+    if n > _BUCKETS[-1]:
+        return None
+    codes = std_hashes(distinct)
+    order = np.zeros(0, dtype=np.intp)
+    lo = 0
+    for n_buckets in _BUCKETS:
+        if lo >= n:
+            break
+        hi = min(n_buckets, n)  # nodes lo..hi-1 are inserted while there are n_buckets buckets
+        seq = np.concatenate([order, np.arange(lo, hi, dtype=np.intp)])  # events in time order
+        bucket = codes[seq] % np.uint64(n_buckets)
+        _, first_event, inverse = np.unique(bucket, return_index=True, return_inverse=True)
+        t = np.arange(len(seq))
+        order = seq[np.lexsort((-t, -first_event[inverse]))]
+        lo = hi
+    return values[order].tolist()

@@ -19,10 +19,16 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..errors import InputError
 from .bpe import BpeEncoder, word_engine
 from .spm import SPACE, SpmEncoder
-from .unicode import byte_decode_table, bytes_to_unicode
+from .unicode import byte_decode_table
 from .vocab import Attr, Vocab, load_vocab
 
-_SPECIAL = Attr.CONTROL | Attr.UNKNOWN
+# plain ints: IntFlag arithmetic is slow in loops
+_SPECIAL = int(Attr.CONTROL | Attr.UNKNOWN)
+_USER = int(Attr.USER_DEFINED)
+_NORMAL = int(Attr.NORMAL)
+_BYTE = int(Attr.BYTE)
+_LSTRIP = int(Attr.LSTRIP)
+_RSTRIP = int(Attr.RSTRIP)
 _C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale
 
 
@@ -199,14 +205,14 @@ class Tokenizer:
                     if m < 0:
                         break
                     left_end = m
-                    if attr & Attr.LSTRIP:
+                    if attr & _LSTRIP:
                         while left_end > base and text[left_end - 1] in _C_SPACE:
                             left_end -= 1
                     if left_end > base:
                         new.append((base, left_end))
                     new.append(tid)
                     base = m + tl
-                    if attr & Attr.RSTRIP:
+                    if attr & _RSTRIP:
                         while base < end and text[base] in _C_SPACE:
                             base += 1
                 if base < end:
@@ -233,19 +239,23 @@ class Tokenizer:
             pieces: list[bytes] = []
             bpe = v.model == "gpt2"
             if bpe:
-                byte_chars = "".join(bytes_to_unicode())
-                dec = byte_decode_table()
+                # byte characters -> their byte value; any other character below U+0100 -> U+FFFF so that
+                # encoding to latin-1 fails for every token that is not made of byte characters only
+                dec = dict(byte_decode_table())
+                for c in range(256):
+                    dec.setdefault(c, 0xFFFF)
             for text, attr in zip(v.texts, v.attrs):
-                if attr & (_SPECIAL | Attr.USER_DEFINED):
+                if attr & (_SPECIAL | _USER):
                     pieces.append(text.encode("utf-8"))
-                elif attr & Attr.NORMAL:
+                elif attr & _NORMAL:
                     if not bpe:
                         pieces.append(text.replace(SPACE, " ").encode("utf-8"))
-                    elif not text.strip(byte_chars):
-                        pieces.append(text.translate(dec).encode("latin-1"))
                     else:
-                        pieces.append(_decode_text_slow(text))
-                elif attr & Attr.BYTE and not bpe:
+                        try:
+                            pieces.append(text.translate(dec).encode("latin-1"))
+                        except UnicodeEncodeError:
+                            pieces.append(_decode_text_slow(text))
+                elif attr & _BYTE and not bpe:
                     pieces.append(bytes([int(text[3:5], 16)]))
                 else:
                     pieces.append(b"")

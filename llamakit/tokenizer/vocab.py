@@ -168,7 +168,8 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     # float32 values widened to Python floats: comparisons between them are unchanged
     scores = [float(s) for s in scores_raw[:n]] if scores_raw is not None else [0.0] * n
     if types_raw is not None:
-        attrs = [int(_TYPE_TO_ATTR.get(int(t), Attr.UNDEFINED)) for t in types_raw[:n]]
+        to_attr = {k: int(v) for k, v in _TYPE_TO_ATTR.items()}
+        attrs = [to_attr.get(t, 0) for t in map(int, types_raw[:n])]
     else:
         attrs = [int(Attr.NORMAL)] * n
 
@@ -230,7 +231,7 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
 
     # Tokens that split the prompt before tokenization, longest text first. llama.cpp uses std::sort (not
     # stable); we break ties by id.
-    wanted = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN
+    wanted = int(Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)
     cache = [i for i in range(n) if attrs[i] & wanted]
     cache.sort(key=lambda i: -len(texts[i].encode("utf-8")))
 
