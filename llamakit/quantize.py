@@ -19,8 +19,8 @@ loader order; data aligned to 32 bytes.
 from __future__ import annotations
 
 import os
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -47,9 +47,12 @@ from .quants.mixes import (
 # keys llama-quantize drops from the copied metadata (and re-adds, at the end, for the first two)
 _DROPPED_KEYS = (Keys.QUANTIZATION_VERSION, Keys.FILE_TYPE, "split.no", "split.count", "split.tensors.count")
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-# weights per work item: big enough that torch's per-op cost dwarfs Python's, small enough to spread a
-# tensor over the threads and keep the K-quant temporaries in a few MiB
-CHUNK_WEIGHTS = 1 << 18
+# Weights per work item: big enough that torch's per-op cost is small next to the work, small enough to
+# spread a tensor over the threads and keep the temporaries near the cache (the 32-weight formats are a
+# few passes over memory; the 256-weight searches are ~1000 small ops per call). Measured, not critical.
+CHUNK_WEIGHTS = 1 << 16
+CHUNK_WEIGHTS_SEARCH = 1 << 18
+_SEARCHED = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL)
 
 # llama_model_loader's file type guess (most common tensor type) for COPY of a file without general.file_type
 _GUESS = {GGMLType.F32: LlamaFileType.ALL_F32, GGMLType.F16: LlamaFileType.MOSTLY_F16,
@@ -211,8 +214,8 @@ def _plan(reader: GGUFReader, path: Path, spec: FileTypeSpec, allow_requantize: 
 Progress = Callable[[TensorPlan, int], None]  # (tensor, input bytes just processed)
 
 
-def _row_chunks(n_rows: int, row_len: int) -> Iterator[tuple[int, int]]:
-    step = max(1, CHUNK_WEIGHTS // max(row_len, 1))
+def _row_chunks(n_rows: int, row_len: int, weights: int = CHUNK_WEIGHTS) -> Iterator[tuple[int, int]]:
+    step = max(1, weights // max(row_len, 1))
     for s in range(0, n_rows, step):
         yield s, min(n_rows, s + step)
 
@@ -238,12 +241,37 @@ class _Converter:
 
 def check_finite(x: torch.Tensor, path: Path, name: str, row0: int = 0) -> None:
     """NaN or inf weights make every format's scale search meaningless: refuse, naming the tensor."""
+    if bool(torch.isfinite(x.sum())):  # one fast pass; a non-finite sum can also be an overflow: look closer
+        return
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         idx = int(bad.reshape(-1).nonzero()[0, 0])
         row, col = divmod(idx, x.shape[-1])
         raise InputError(f"{path}: tensor {name!r} contains NaN or infinite values (first at row {row0 + row}, "
                          f"column {col}); the model is corrupt, re-convert it from the original checkpoint")
+
+
+def _finish(plan: QuantizePlan, w: GGUFWriter, tp: TensorPlan, conv: _Converter | None, futures: list[Future[int]],
+            progress: Progress | None) -> None:
+    """Collect one tensor (or check a copied one) and write it."""
+    if conv is None:
+        src = plan.reader.tensor_data(tp.info)
+        if tp.info.ggml_type in _FLOATS:  # copied floats are checked too, as llama.cpp's loader does
+            row_bytes = max(tp.info.shape[-1], 1) * GGML_BLOCK[tp.info.ggml_type].type_size
+            view = as_tensor(src).reshape(-1, row_bytes)
+            codec = get_codec(tp.info.ggml_type)
+            for lo, hi in _row_chunks(view.shape[0], tp.info.shape[-1]):
+                check_finite(codec.dequantize(view[lo:hi]), plan.input, tp.name, lo)
+        w.write_tensor(tp.name, src)
+        if progress:
+            progress(tp, tp.info.nbytes)
+        return
+    per_weight = tp.info.nbytes / max(tp.info.n_elements, 1)
+    for f in futures:
+        n = f.result()
+        if progress:
+            progress(tp, int(n * per_weight))
+    w.write_tensor(tp.name, conv.out)
 
 
 def run_quantize(plan: QuantizePlan, output: str | os.PathLike[str], *, threads: int | None = None,
@@ -267,32 +295,27 @@ def run_quantize(plan: QuantizePlan, output: str | os.PathLike[str], *, threads:
             for tp in plan.tensors:
                 w.add_tensor_info(tp.name, tp.info.shape, tp.ggml_type)
             w.write_header()
-            for tp in plan.tensors:
-                src = r.tensor_data(tp.info)
-                if not tp.convert:
-                    if tp.info.ggml_type in _FLOATS:
-                        row_bytes = max(tp.info.shape[-1], 1) * GGML_BLOCK[tp.info.ggml_type].type_size
-                        view = as_tensor(src).reshape(-1, row_bytes)
-                        for lo, hi in _row_chunks(view.shape[0], tp.info.shape[-1]):
-                            check_finite(get_codec(tp.info.ggml_type).dequantize(view[lo:hi]), plan.input, tp.name, lo)
-                    w.write_tensor(tp.name, src)
-                    if progress:
-                        progress(tp, tp.info.nbytes)
-                    continue
-                conv = _Converter(plan.input, tp, src)
-                per_weight = tp.info.nbytes / max(tp.info.n_elements, 1)
-                futures = [pool.submit(conv.run, lo, hi) for lo, hi in _row_chunks(conv.n_rows, conv.row_len)]
-                try:
-                    for f in futures:
-                        n = f.result()
-                        if progress:
-                            progress(tp, int(n * per_weight))
-                except BaseException:
+            # Tensor i+1's chunks are queued before tensor i is collected and written, so the workers never
+            # wait for the writer; at most two tensors are in flight.
+            pending: deque[tuple[TensorPlan, _Converter | None, list[Future[int]]]] = deque()
+            try:
+                for tp in plan.tensors:
+                    if tp.convert:
+                        conv = _Converter(plan.input, tp, r.tensor_data(tp.info))
+                        chunk = CHUNK_WEIGHTS_SEARCH if tp.ggml_type in _SEARCHED else CHUNK_WEIGHTS
+                        pending.append((tp, conv, [pool.submit(conv.run, lo, hi)
+                                                   for lo, hi in _row_chunks(conv.n_rows, conv.row_len, chunk)]))
+                    else:
+                        pending.append((tp, None, []))
+                    while pending and (pending[0][1] is None or sum(c is not None for _, c, _ in pending) > 1):
+                        _finish(plan, w, *pending.popleft(), progress)
+                while pending:
+                    _finish(plan, w, *pending.popleft(), progress)
+            except BaseException:
+                for _, _, futures in pending:
                     for f in futures:
                         f.cancel()
-                    raise
-                w.write_tensor(tp.name, conv.out)
-                del conv
+                raise
     finally:
         torch.set_num_threads(prev_threads)
     return QuantizeResult(out, out.stat().st_size, len(plan.tensors), sum(t.convert for t in plan.tensors),

@@ -227,3 +227,17 @@ def test_quantize_is_row_independent(t: GGMLType) -> None:
     c = get_codec(t)
     whole = c.quantize(x)
     assert torch.equal(torch.cat([c.quantize(x[i:i + 1]) for i in range(6)]), whole)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", BLOCK_TYPES, ids=_name)
+def test_cuda_gives_the_same_bytes(t: GGMLType) -> None:
+    """Every op is a separate IEEE float32 kernel (no contraction across ops), so the device does not matter."""
+    x = torch.randn(64, 1024, generator=torch.Generator().manual_seed(7)) * 0.05
+    x[3] = 0.0
+    x[5, 17] = 40.0
+    c = get_codec(t)
+    q = c.quantize(x)
+    qc = c.quantize(x.cuda())
+    assert qc.device.type == "cuda" and torch.equal(qc.cpu(), q)
+    assert torch.equal(c.dequantize(qc).cpu(), c.dequantize(q))

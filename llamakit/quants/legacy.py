@@ -23,22 +23,42 @@ from ..gguf.constants import GGMLType
 from .base import Codec, fp16_bytes, fp16_from_bytes, roundf
 
 
-def signed_absmax(xb: torch.Tensor) -> torch.Tensor:
-    """(n, k) -> (n, 1): the value with the largest |x|, the first one on ties (C's `if (amax < fabsf(v))`).
-
-    C starts from `max = 0.0f`, so an all-zero block gives +0 whatever the signs of its zeros (and then
-    `d = max / -8` is -0: the f16 bytes 00 80).
-    """
+def _first_signed_absmax(xb: torch.Tensor) -> torch.Tensor:
     ax = xb.abs()
     idx = ax.argmax(dim=1, keepdim=True)  # argmax returns the first maximal index
     mx = xb.gather(1, idx)
     return torch.where(ax.gather(1, idx) > 0, mx, torch.zeros_like(mx))
 
 
+def signed_absmax(xb: torch.Tensor) -> torch.Tensor:
+    """(n, k) -> (n, 1): the value with the largest |x|, the first one on ties (C's `if (amax < fabsf(v))`).
+
+    C starts from `max = 0.0f`, so an all-zero block gives +0 whatever the signs of its zeros (and then
+    `d = max / -8` is -0: the f16 bytes 00 80). Computed from the (fast) row max and min; only rows where
+    both +a and -a occur need the (slow) first-occurrence search.
+    """
+    mx = xb.amax(dim=1, keepdim=True)
+    mn = xb.amin(dim=1, keepdim=True)
+    out = torch.where(-mn > mx, mn, mx)
+    out = torch.where(out == 0, torch.zeros_like(out), out)  # all zeros: +0
+    tie = ((-mn == mx) & (mx != 0))[:, 0]
+    if bool(tie.any()):
+        out[tie] = _first_signed_absmax(xb[tie])
+    return out
+
+
 def first_min_max(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, k) -> (n, 1) min and max, each the first occurrence (C's strict `<`/`>` scans): the sign of a
-    zero min/max is the sign of the first zero, which decides the sign of d = max - min in f16."""
-    return xb.gather(1, xb.argmin(dim=1, keepdim=True)), xb.gather(1, xb.argmax(dim=1, keepdim=True))
+    zero min/max is the sign of the first zero, which decides the sign of d = max - min in f16. Rows
+    with a zero min or max take the slow first-occurrence search."""
+    mn = xb.amin(dim=1, keepdim=True)
+    mx = xb.amax(dim=1, keepdim=True)
+    zero = ((mn == 0) | (mx == 0))[:, 0]
+    if bool(zero.any()):
+        z = xb[zero]
+        mn[zero] = z.gather(1, z.argmin(dim=1, keepdim=True))
+        mx[zero] = z.gather(1, z.argmax(dim=1, keepdim=True))
+    return mn, mx
 
 
 def safe_inverse(d: torch.Tensor) -> torch.Tensor:
@@ -47,8 +67,8 @@ def safe_inverse(d: torch.Tensor) -> torch.Tensor:
 
 
 def trunc_u8(v: torch.Tensor) -> torch.Tensor:
-    """A C (int8_t)/(uint8_t) cast of a float known to lie in [0, 256): truncation toward zero."""
-    return v.to(torch.int32).to(torch.uint8)
+    """A C (int8_t)/(uint8_t) cast of a float known to lie in [0, 128): truncation toward zero."""
+    return v.to(torch.uint8)
 
 
 def unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
@@ -79,7 +99,7 @@ class Q4_0(Codec):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
         d = signed_absmax(xb) / -8
-        q = trunc_u8(xb * safe_inverse(d) + 8.5).clamp_(max=15)
+        q = trunc_u8((xb * safe_inverse(d)).add_(8.5)).clamp_(max=15)
         return self._rows_out(torch.cat((fp16_bytes(d), pack_nibbles(q)), dim=1), lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
@@ -96,7 +116,7 @@ class Q4_1(Codec):
         xb, lead = self._blocks_in(x)
         mn, mx = first_min_max(xb)
         d = (mx - mn) / 15
-        q = trunc_u8((xb - mn) * safe_inverse(d) + 0.5).clamp_(max=15)
+        q = trunc_u8((xb - mn).mul_(safe_inverse(d)).add_(0.5)).clamp_(max=15)
         return self._rows_out(torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_nibbles(q)), dim=1), lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
@@ -112,7 +132,7 @@ class Q5_0(Codec):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
         d = signed_absmax(xb) / -16
-        q = trunc_u8(xb * safe_inverse(d) + 16.5).clamp_(max=31)
+        q = trunc_u8((xb * safe_inverse(d)).add_(16.5)).clamp_(max=31)
         out = torch.cat((fp16_bytes(d), pack_bits32(q >> 4), pack_nibbles(q & 15)), dim=1)
         return self._rows_out(out, lead)
 
@@ -130,7 +150,7 @@ class Q5_1(Codec):
         xb, lead = self._blocks_in(x)
         mn, mx = first_min_max(xb)
         d = (mx - mn) / 31
-        q = trunc_u8((xb - mn) * safe_inverse(d) + 0.5)  # no clamp in C: (x-min)*id <= 31 + rounding
+        q = trunc_u8((xb - mn).mul_(safe_inverse(d)).add_(0.5))  # no clamp in C: (x-min)*id <= 31 + rounding
         out = torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_bits32((q >> 4) & 1), pack_nibbles(q & 15)), dim=1)
         return self._rows_out(out, lead)
 
