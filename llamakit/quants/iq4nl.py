@@ -98,5 +98,6 @@ class IQ4_NL(Codec):
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         d = fp16_from_bytes(b[:, :2])
-        q = self._grid(b.device)[unpack_nibbles(b[:, 2:]).long()]
-        return self._rows_out(q * d, lead)
+        idx = unpack_nibbles(b[:, 2:]).to(torch.int32)
+        q = self._grid(b.device).index_select(0, idx.reshape(-1)).reshape(idx.shape)
+        return self._rows_out(q.mul_(d), lead)

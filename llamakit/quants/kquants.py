@@ -32,6 +32,7 @@ import torch
 
 from ..gguf.constants import GGMLType
 from .base import Codec, fp16_bytes, fp16_from_bytes, nearest_int
+from .legacy import _f32
 from .search import GROUP_MAX_EPS, div, make_q3, make_qkx2, make_qx, seq_sum, signed_absmax_cols, sqrt_f32
 
 # Super-blocks quantized per call of _quantize_blocks: large enough that torch's per-op overhead is small
@@ -192,8 +193,7 @@ class Q2_K(_KQuant):
         sc = b[:, :16]
         scale = dm[:, :1] * (sc & 15).to(torch.float32)  # (n, 16)
         mins = dm[:, 1:] * (sc >> 4).to(torch.float32)
-        q = unpack_2bit(b[:, 16:80]).to(torch.float32).reshape(n, 16, 16)
-        y = q * scale[:, :, None] - mins[:, :, None]
+        y = _f32(unpack_2bit(b[:, 16:80]).reshape(n, 16, 16)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -228,8 +228,8 @@ class Q3_K(_KQuant):
         n = b.shape[0]
         d = fp16_from_bytes(b[:, 108:110])
         scale = d * unpack_q3_scales(b[:, 96:108]).to(torch.float32)  # (n, 16)
-        q = unpack_2bit(b[:, 32:96]).to(torch.int8) - ((unpack_hbits(b[:, :32]) ^ 1) << 2).to(torch.int8)
-        y = q.to(torch.float32).reshape(n, 16, 16) * scale[:, :, None]
+        q = unpack_2bit(b[:, 32:96]).view(torch.int8) - ((unpack_hbits(b[:, :32]) ^ 1) << 2).view(torch.int8)
+        y = _f32(q.reshape(n, 16, 16)).mul_(scale[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -269,8 +269,7 @@ class Q4_K(_KQuant):
         sc, m = unpack_k4_scales(b[:, 4:16])
         scale = dm[:, :1] * sc.to(torch.float32)  # (n, 8)
         mins = dm[:, 1:] * m.to(torch.float32)
-        q = unpack_4bit(b[:, 16:144]).to(torch.float32).reshape(n, 8, 32)
-        y = q * scale[:, :, None] - mins[:, :, None]
+        y = _f32(unpack_4bit(b[:, 16:144]).reshape(n, 8, 32)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -290,7 +289,7 @@ class Q5_K(_KQuant):
         scale = dm[:, :1] * sc.to(torch.float32)
         mins = dm[:, 1:] * m.to(torch.float32)
         q = unpack_4bit(b[:, 48:176]) | (unpack_hbits(b[:, 16:48]) << 4)
-        y = q.to(torch.float32).reshape(n, 8, 32) * scale[:, :, None] - mins[:, :, None]
+        y = _f32(q.reshape(n, 8, 32)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -331,8 +330,8 @@ class Q6_K(_KQuant):
         n = b.shape[0]
         d = fp16_from_bytes(b[:, 208:210])
         scale = d * b[:, 192:208].view(torch.int8).to(torch.float32)  # (n, 16)
-        q = unpack_q6(b[:, :128], b[:, 128:192]).to(torch.int8) - 32
-        y = q.to(torch.float32).reshape(n, 16, 16) * scale[:, :, None]
+        q = unpack_q6(b[:, :128], b[:, 128:192]).view(torch.int8) - 32
+        y = _f32(q.reshape(n, 16, 16)).mul_(scale[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -342,5 +341,4 @@ class Q8_K(Codec):
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         d = b[:, :4].contiguous().view(torch.float32)
-        q = b[:, 4:260].view(torch.int8).to(torch.float32)
-        return self._rows_out(d * q, lead)
+        return self._rows_out(_f32(b[:, 4:260].view(torch.int8)).mul_(d), lead)

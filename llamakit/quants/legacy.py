@@ -76,6 +76,20 @@ def unpack_nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat((qs & 15, qs >> 4), dim=1)
 
 
+def _f32(q: torch.Tensor) -> torch.Tensor:
+    """Integers -> a fresh float32 tensor that the dequantizers then scale in place (one allocation: the
+    elementwise passes over the weights are the whole cost of dequantizing)."""
+    return torch.empty(q.shape, dtype=torch.float32, device=q.device).copy_(q)
+
+
+def _nibbles_f32(qs: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 16) -> float32 (n, 32), unpack_nibbles converted straight into the output."""
+    out = torch.empty((qs.shape[0], 32), dtype=torch.float32, device=qs.device)
+    out[:, :16] = qs & 15
+    out[:, 16:] = qs >> 4
+    return out
+
+
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     """uint8 (n, 32) with values < 16 -> (n, 16); the inverse of unpack_nibbles."""
     return q[:, :16] | (q[:, 16:] << 4)
@@ -105,8 +119,7 @@ class Q4_0(Codec):
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         d = fp16_from_bytes(b[:, :2])
-        q = unpack_nibbles(b[:, 2:]).to(torch.float32) - 8
-        return self._rows_out(q * d, lead)
+        return self._rows_out(_nibbles_f32(b[:, 2:]).sub_(8).mul_(d), lead)
 
 
 class Q4_1(Codec):
@@ -122,8 +135,7 @@ class Q4_1(Codec):
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         dm = fp16_from_bytes(b[:, :4])  # (n, 2): d, m
-        q = unpack_nibbles(b[:, 4:]).to(torch.float32)
-        return self._rows_out(q * dm[:, :1] + dm[:, 1:], lead)
+        return self._rows_out(_nibbles_f32(b[:, 4:]).mul_(dm[:, :1]).add_(dm[:, 1:]), lead)
 
 
 class Q5_0(Codec):
@@ -140,7 +152,7 @@ class Q5_0(Codec):
         b, lead = self._bytes_in(data)
         d = fp16_from_bytes(b[:, :2])
         q = unpack_nibbles(b[:, 6:]) | (unpack_bits32(b[:, 2:6]) << 4)
-        return self._rows_out((q.to(torch.float32) - 16) * d, lead)
+        return self._rows_out(_f32(q).sub_(16).mul_(d), lead)
 
 
 class Q5_1(Codec):
@@ -158,7 +170,7 @@ class Q5_1(Codec):
         b, lead = self._bytes_in(data)
         dm = fp16_from_bytes(b[:, :4])
         q = unpack_nibbles(b[:, 8:]) | (unpack_bits32(b[:, 4:8]) << 4)
-        return self._rows_out(q.to(torch.float32) * dm[:, :1] + dm[:, 1:], lead)
+        return self._rows_out(_f32(q).mul_(dm[:, :1]).add_(dm[:, 1:]), lead)
 
 
 class Q8_0(Codec):
@@ -176,5 +188,4 @@ class Q8_0(Codec):
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         d = fp16_from_bytes(b[:, :2])
-        q = b[:, 2:].view(torch.int8).to(torch.float32)
-        return self._rows_out(d * q, lead)
+        return self._rows_out(_f32(b[:, 2:].view(torch.int8)).mul_(d), lead)
