@@ -81,6 +81,18 @@ def nearest_int(x: torch.Tensor) -> torch.Tensor:
     return (v & 0x7FFFFF) - 0x400000
 
 
+def div(num: float, t: torch.Tensor) -> torch.Tensor:
+    """float32 `num / t`, correctly rounded on every device (Tensor.__rtruediv__ is reciprocal(t) * num:
+    two roundings)."""
+    return torch.div(torch.full_like(t, num, dtype=torch.float32), t)
+
+
+def div_by(t: torch.Tensor, den: float) -> torch.Tensor:
+    """float32 `t / den`, correctly rounded on every device (CUDA turns a division by a Python scalar into a
+    multiplication by its reciprocal)."""
+    return torch.div(t, torch.full_like(t, den, dtype=torch.float32))
+
+
 def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     """float32 (..., 1) -> IEEE half, round to nearest even, as uint8 (..., 2) little-endian."""
     return x.to(torch.float16).contiguous().view(torch.uint8)

@@ -19,7 +19,7 @@ import torch
 from ..gguf.constants import GGMLType
 from .base import Codec, fp16_bytes, fp16_from_bytes
 from .legacy import pack_nibbles, unpack_nibbles
-from .search import GROUP_MAX_EPS, div, seq_sum, signed_absmax_cols
+from .search import GROUP_MAX_EPS, div, div_by, seq_sum, signed_absmax_cols
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 NTRY = 7
@@ -79,7 +79,7 @@ class IQ4_NL(Codec):
             sumqx, sumq2 = seq_sum(terms.transpose(0, 1))
             return sumqx, sumq2
 
-        d0 = -mx / float(KVALUES[0])
+        d0 = div_by(-mx, float(KVALUES[0]))
         sumqx, sumq2 = sums(div(1.0, d0))
         d = sumqx / sumq2
         best = d * sumqx

@@ -33,7 +33,7 @@ import torch
 from ..gguf.constants import GGMLType
 from .base import Codec, fp16_bytes, fp16_from_bytes, nearest_int
 from .legacy import _f32
-from .search import GROUP_MAX_EPS, div, make_q3, make_qkx2, make_qx, seq_sum, signed_absmax_cols, sqrt_f32
+from .search import GROUP_MAX_EPS, div, div_by, make_q3, make_qkx2, make_qx, seq_sum, signed_absmax_cols, sqrt_f32
 
 # Super-blocks quantized per call of _quantize_blocks: large enough that torch's per-op overhead is small
 # next to the work (the searches run ~1000 small ops per call), small enough that the temporaries stay near
@@ -178,8 +178,8 @@ class Q2_K(_KQuant):
         zero_i = torch.zeros_like(ls)
         sc = as_u8(torch.where(has_s, ls, zero_i))
         sc = sc | as_u8(torch.where(has_m, lm, zero_i) << 4)  # `scales[j] |= l << 4` (no min: stays as is)
-        d = torch.where(has_s, max_scale / 15, torch.zeros_like(max_scale))
-        dmin = torch.where(has_m, max_min / 15, torch.zeros_like(max_min))
+        d = torch.where(has_s, div_by(max_scale, 15.0), torch.zeros_like(max_scale))
+        dmin = torch.where(has_m, div_by(max_min, 15.0), torch.zeros_like(max_min))
         dsub = fp16_round(d) * (sc & 15).to(torch.float32)
         msub = fp16_round(dmin) * (sc >> 4).to(torch.float32)
         L = _requantize(xb.reshape(nb, 16, 16), dsub, msub, L, 0, 3)
@@ -238,7 +238,7 @@ def _k4_search(xb: torch.Tensor, nmax: int, rmin: float, nstep: int) -> torch.Te
     and mins against d = max_scale/63, dmin = max_min/63; then requantization. Returns (d, dmin, ls, lm, L)."""
     nb = xb.shape[0]
     xs = sub_blocks(xb, 32)
-    av_x = sqrt_f32(seq_sum(xs * xs) / 32)
+    av_x = sqrt_f32(div_by(seq_sum(xs * xs), 32.0))
     scales, mins, L = make_qkx2(xs, av_x + xs.abs(), nmax, rmin, 0.1, nstep, False)
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
     L = L.t().reshape(nb, 8, 32)
@@ -248,7 +248,7 @@ def _k4_search(xb: torch.Tensor, nmax: int, rmin: float, nstep: int) -> torch.Te
     inv_min = torch.where(max_min > 0, div(63.0, max_min), zero)
     ls = as_u8(nearest_int(inv_scale * scales)).clamp_(max=63)
     lm = as_u8(nearest_int(inv_min * mins)).clamp_(max=63)
-    d, dmin = max_scale / 63, max_min / 63
+    d, dmin = div_by(max_scale, 63.0), div_by(max_min, 63.0)
     dsub = fp16_round(d) * ls.to(torch.float32)
     msub = fp16_round(dmin) * lm.to(torch.float32)
     L = _requantize(xb.reshape(nb, 8, 32), dsub, msub, L, 0, nmax)

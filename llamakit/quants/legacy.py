@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..gguf.constants import GGMLType
-from .base import Codec, fp16_bytes, fp16_from_bytes, roundf
+from .base import Codec, div, div_by, fp16_bytes, fp16_from_bytes, roundf
 
 
 def _first_signed_absmax(xb: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def first_min_max(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def safe_inverse(d: torch.Tensor) -> torch.Tensor:
     """C's `d ? 1.0f/d : 0.0f`."""
-    return torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    return torch.where(d != 0, div(1.0, d), torch.zeros_like(d))
 
 
 def trunc_u8(v: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ class Q4_0(Codec):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
-        d = signed_absmax(xb) / -8
+        d = div_by(signed_absmax(xb), -8.0)
         q = trunc_u8((xb * safe_inverse(d)).add_(8.5)).clamp_(max=15)
         return self._rows_out(torch.cat((fp16_bytes(d), pack_nibbles(q)), dim=1), lead)
 
@@ -128,7 +128,7 @@ class Q4_1(Codec):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
         mn, mx = first_min_max(xb)
-        d = (mx - mn) / 15
+        d = div_by(mx - mn, 15.0)
         q = trunc_u8((xb - mn).mul_(safe_inverse(d)).add_(0.5)).clamp_(max=15)
         return self._rows_out(torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_nibbles(q)), dim=1), lead)
 
@@ -143,7 +143,7 @@ class Q5_0(Codec):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
-        d = signed_absmax(xb) / -16
+        d = div_by(signed_absmax(xb), -16.0)
         q = trunc_u8((xb * safe_inverse(d)).add_(16.5)).clamp_(max=31)
         out = torch.cat((fp16_bytes(d), pack_bits32(q >> 4), pack_nibbles(q & 15)), dim=1)
         return self._rows_out(out, lead)
@@ -161,7 +161,7 @@ class Q5_1(Codec):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
         mn, mx = first_min_max(xb)
-        d = (mx - mn) / 31
+        d = div_by(mx - mn, 31.0)
         q = trunc_u8((xb - mn).mul_(safe_inverse(d)).add_(0.5))  # no clamp in C: (x-min)*id <= 31 + rounding
         out = torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_bits32((q >> 4) & 1), pack_nibbles(q & 15)), dim=1)
         return self._rows_out(out, lead)
@@ -179,8 +179,8 @@ class Q8_0(Codec):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         xb, lead = self._blocks_in(x)
         amax = xb.abs().amax(dim=1, keepdim=True)
-        d = amax / 127
-        inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))  # from the f32 d, before fp16 rounding
+        d = div_by(amax, 127.0)
+        inv = safe_inverse(d)  # from the f32 d, before fp16 rounding
         q = roundf(xb * inv).to(torch.int8)
         out = torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
         return self._rows_out(out, lead)

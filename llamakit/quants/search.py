@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import nearest_int
+from .base import div, div_by, nearest_int  # noqa: F401  (div, div_by: re-exported for the codecs)
 
 GROUP_MAX_EPS = float(np.float32(1e-15))
 
@@ -33,11 +33,6 @@ GROUP_MAX_EPS = float(np.float32(1e-15))
 def f32(v: float) -> float:
     """A Python float holding exactly the float32 value C would compute for a constant."""
     return float(np.float32(v))
-
-
-def div(num: float, t: torch.Tensor) -> torch.Tensor:
-    """float32 `num / t`, correctly rounded."""
-    return torch.div(torch.tensor(num, dtype=torch.float32, device=t.device), t)
 
 
 def sqrt_f32(t: torch.Tensor) -> torch.Tensor:
