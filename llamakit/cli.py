@@ -317,8 +317,12 @@ def quantize(
 # run / perplexity / bench (the torch inference engine, llamakit/runtime)
 
 def _engine_threads(threads: Optional[int]) -> None:
+    """Process settings for the engine: glibc malloc tuning (before any torch work) and the thread count."""
     import torch
 
+    from .runtime.memory import tune_malloc
+
+    tune_malloc()
     if threads is not None:
         if threads < 1:
             raise LlamakitError(f"--threads {threads}: give at least 1")

@@ -3,9 +3,16 @@
 A kernel computes, for a weight held as the file's block bytes (uint8 (out, row_bytes)):
     linear(x, w, n_in) : float32 (T, n_in) -> float32 (T, out)      y = x @ dequant(w)^T
     rows(w, ids, n_in) : int64 (T,)        -> float32 (T, n_in)     dequant(w[ids])
-The default kernel dequantizes with the format's codec, a slab of rows at a time, so the float copy of a
-weight never exists whole: the slab (SLAB_VALUES floats) stays in cache while the matmul reads it, and memory
-holds the packed bytes plus one slab. Faster kernels (fused, GPU) register per (type, device type).
+Dequantization is exact (the codecs' float32 values), so results differ from a float32 matmul over the
+dequantized weights only by summation order.
+
+`DequantKernel` works for every codec. (Hand-written torch kernels for the 32-blocks that skip the nibble
+reorder and the per-weight offset were measured no faster than the codecs on CPU: the cost is the few
+elementwise passes over the weights that any torch-level dequantization needs; a fused kernel is what
+would remove them, and it would register here.)
+Weights are dequantized SLAB_VALUES at a time so no float copy of a whole matrix (the 49152 x 576 output
+layer is 113 MB in float32) ever exists: memory holds the packed bytes plus one slab.
+Fused or GPU kernels register per (ggml type, device type) in `kernel_for`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch.nn.functional as F
 from ..gguf.constants import GGMLType
 from ..quants import Codec, get_codec
 
-# floats dequantized at a time: 2^18 float32 = 1 MiB, about an L2 cache
+# floats dequantized at a time: 2^20 float32 = 4 MiB
 SLAB_VALUES = 1 << 18
 
 
@@ -29,41 +36,52 @@ class Kernel(Protocol):
 
 
 class DequantKernel:
-    """Any codec: dequantize SLAB_VALUES at a time and multiply. Exact dequantization, float32 matmul."""
+    """Any codec: dequantize a slab of rows, multiply, next slab."""
 
     def __init__(self, codec: Codec, slab_values: int = SLAB_VALUES) -> None:
         self.codec = codec
         self.slab_values = slab_values
 
-    def dequant(self, w: torch.Tensor) -> torch.Tensor:
-        """uint8 (r, row_bytes) -> float32 (r, n_in)."""
-        return self.codec.dequantize(w)
-
     def linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
-        n_out = w.shape[0]
         step = max(1, self.slab_values // n_in)
-        if step >= n_out:
-            return F.linear(x, self.dequant(w))
-        return torch.cat([F.linear(x, self.dequant(w[r:r + step])) for r in range(0, n_out, step)], dim=1)
+        if step >= w.shape[0]:
+            return self._linear(x, w, n_in)
+        return torch.cat([self._linear(x, w[r:r + step], n_in) for r in range(0, w.shape[0], step)], dim=1)
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
+        return F.linear(x, self.codec.dequantize(w))
 
     def rows(self, w: torch.Tensor, ids: torch.Tensor, n_in: int) -> torch.Tensor:
-        return self.dequant(w[ids])
+        return self.codec.dequantize(w[ids])
 
 
-class F32Kernel(DequantKernel):
-    """F32 weights are used in place: a float32 view of the bytes, no copy."""
+class FloatKernel(DequantKernel):
+    """F32 is used in place (a float32 view of the bytes); F16/BF16 rows are converted a slab at a time."""
+
+    def __init__(self, codec: Codec, dtype: torch.dtype, slab_values: int = SLAB_VALUES) -> None:
+        super().__init__(codec, slab_values)
+        self.dtype = dtype
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
-        return F.linear(x, w.view(torch.float32))
+        if self.dtype == torch.float32:
+            return F.linear(x, w.view(torch.float32))
+        return super().linear(x, w, n_in)
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
+        return F.linear(x, w.view(self.dtype).float())
 
     def rows(self, w: torch.Tensor, ids: torch.Tensor, n_in: int) -> torch.Tensor:
-        return w.view(torch.float32)[ids]
+        return w[ids].view(self.dtype).float()
+
+
+_FLOATS = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
 
 
 def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", what: str = "tensor") -> Kernel:
     """The kernel for a format on a device type; UnsupportedError (naming `what`) for a type llamakit
-    cannot compute."""
+    cannot compute. The torch kernels here run on any device."""
     codec = get_codec(ggml_type, what=what)
-    if codec.ggml_type == GGMLType.F32:
-        return F32Kernel(codec)
+    t = codec.ggml_type
+    if t in _FLOATS:
+        return FloatKernel(codec, _FLOATS[t])
     return DequantKernel(codec)

@@ -2,8 +2,8 @@
 
 The model is built on the meta device (no memory), then every buffer is assigned (`load_state_dict(assign=
 True)`) a zero-copy uint8 view into the memory-mapped file, so loading reads nothing and a weight occupies
-its file pages only once they are used. `use_mmap=False` copies each tensor into ordinary memory instead
-(llama.cpp's --no-mmap) and closes the file. 1-D float tensors (norms, biases, rope_freqs) become float32:
+its file pages only once they are used. `use_mmap=False` reads each tensor into ordinary memory instead
+(llama.cpp's --no-mmap: read(), so the file's pages are never mapped into the process) and closes the file. 1-D float tensors (norms, biases, rope_freqs) become float32:
 F32 ones as views, others converted. Blocks go where `placement.place_layers` says.
 """
 
@@ -101,12 +101,23 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, placement: Placement, 
                               ) from None
 
     state: dict[str, torch.Tensor] = {}
+    copies: dict[str, torch.Tensor] = {}  # --no-mmap: tensor bytes read into owned memory, once per tensor
+    fh = None if use_mmap else open(path, "rb")
     for name, target in model.state_dict(keep_vars=True).items():
         source = "token_embd.weight" if (name == "output.weight" and cfg.tied_output) else name
         info = infos.get(source)
         if info is None:
             raise GGUFFormatError(f"{path}: tensor {source} is missing; the file is not a complete llama model")
-        data = as_tensor(reader.tensor_data(info))
+        if fh is None:
+            data = as_tensor(reader.tensor_data(info))
+        else:
+            if source not in copies:  # read(), not the map: the file's pages never become part of our RSS
+                buf = torch.empty(info.nbytes, dtype=torch.uint8)
+                fh.seek(info.offset)
+                if fh.readinto(memoryview(buf.numpy())) != info.nbytes:
+                    raise GGUFFormatError(f"{path}: tensor {source} is truncated")
+                copies[source] = buf
+            data = copies[source]
         if target.dtype == torch.uint8:  # packed weight rows
             if data.numel() != target.numel() or len(info.shape) != 2:
                 raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)} ({info.ggml_type.name}); "
@@ -117,9 +128,10 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, placement: Placement, 
             if info.shape != (n,):
                 raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)}, expected [{n}]")
             value = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}")
-        if not use_mmap and value.data_ptr() == data.data_ptr():
-            value = value.clone()  # --no-mmap: own memory, so the file can be closed
         state[name] = value.to(_device_of(name, placement))
+    if fh is not None:
+        fh.close()
+    del copies
     model.load_state_dict(state, assign=True, strict=True)
     for mod in model.modules():  # a kernel per (format, device type): the swap point for GPU kernels
         if isinstance(mod, (QuantLinear, QuantEmbedding)):

@@ -1,0 +1,96 @@
+"""Prompt-processing and generation speed, measured as llama-bench does (examples/llama-bench).
+
+pp<N>: N random tokens (BOS first) decoded from an empty cache in n_batch pieces; tg<N>: N single-token
+decodes from an empty cache. One untimed warmup per test, then `reps` timed runs; t/s = mean +/- sample
+standard deviation of the per-run rates.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+from ..gguf.constants import file_type_name
+from .generate import Context
+from .loader import LoadedModel
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    test: str  # "pp512", "tg128"
+    n_tokens: int
+    rates: tuple[float, ...]  # tokens per second, one per rep
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.rates)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.rates) if len(self.rates) > 1 else 0.0
+
+
+def _tokens(n: int, n_vocab: int, bos: int | None, rng: random.Random) -> list[int]:
+    toks = [rng.randrange(n_vocab) for _ in range(n)]
+    if bos is not None and toks:
+        toks[0] = bos
+    return toks
+
+
+def bench_prompt(ctx: Context, n_prompt: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
+    rng = random.Random(seed)
+    toks = _tokens(n_prompt, ctx.cfg.n_vocab, bos, rng)
+
+    def once() -> float:
+        ctx.clear()
+        t0 = time.perf_counter()
+        for s in range(0, n_prompt, ctx.n_batch):
+            ctx.decode(toks[s:s + ctx.n_batch])
+        return time.perf_counter() - t0
+
+    ctx.clear()
+    ctx.decode(toks[: min(32, n_prompt, ctx.n_batch)])  # warmup, as llama-bench
+    return BenchResult(f"pp{n_prompt}", n_prompt, tuple(n_prompt / once() for _ in range(reps)))
+
+
+def bench_gen(ctx: Context, n_gen: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
+    rng = random.Random(seed)
+    toks = _tokens(n_gen, ctx.cfg.n_vocab, bos, rng)
+
+    def once() -> float:
+        ctx.clear()
+        t0 = time.perf_counter()
+        for t in toks:
+            ctx.decode([t])
+        return time.perf_counter() - t0
+
+    ctx.clear()
+    ctx.decode(toks[:1])  # warmup
+    return BenchResult(f"tg{n_gen}", n_gen, tuple(n_gen / once() for _ in range(reps)))
+
+
+def model_row(lm: LoadedModel) -> dict[str, str]:
+    """llama-bench's model / size / params columns."""
+    md = lm.metadata
+    ftype = md.get("general.file_type")
+    label = md.get("general.size_label") or "?B"
+    size = lm.tensor_bytes
+    size_s = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
+    n = lm.n_params
+    params_s = f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+    return {"model": f"{lm.config.architecture} {label} {file_type_name(ftype) if ftype is not None else '?'}",
+            "size": size_s, "params": params_s}
+
+
+def markdown_table(rows: list[dict[str, str]]) -> list[str]:
+    cols = ["model", "size", "params", "backend", "threads", "test", "t/s"]
+    right = {"size", "params", "threads", "test", "t/s"}
+    base = {"model": 30, "size": 10, "params": 10, "backend": 10, "threads": 7, "test": 13, "t/s": 20}  # llama-bench
+    widths = {c: max(base[c], *(len(r[c]) for r in rows)) for c in cols}
+    head = "| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |"
+    rule = "| " + " | ".join(("-" * (widths[c] - 1) + ":") if c in right else "-" * widths[c] for c in cols) + " |"
+    body = ["| " + " | ".join(r[c].rjust(widths[c]) if c in right else r[c].ljust(widths[c]) for c in cols) + " |"
+            for r in rows]
+    return [head, rule, *body]
