@@ -7,8 +7,8 @@ The plan decides every tensor's type up front (mixes.TypeChooser, in llama.cpp's
 input fails before a byte is written. Running streams one tensor at a time: its rows are read from the
 input's memory map in chunks, dequantized to float32 (exactly: f16/bf16 widen, blocks decode exactly),
 checked for NaN/inf, quantized by the target codec in a pool of threads (torch releases the GIL), and
-gathered into one output buffer that is written and dropped. Memory stays at about one output tensor plus
-the chunks in flight. The output file is a temp file renamed at the end (GGUFWriter), so an error or
+gathered into one output buffer that is written and dropped while the next tensor is being quantized.
+Memory stays at about two output tensors plus the chunks in flight, whatever the model's size. The output file is a temp file renamed at the end (GGUFWriter), so an error or
 Ctrl-C leaves no partial model.
 
 File layout written, as llama-quantize: the input's metadata in order, minus general.quantization_version,
