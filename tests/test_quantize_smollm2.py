@@ -55,7 +55,7 @@ def test_q4_k_m_fallbacks(smollm2_gguf: Path) -> None:
     ("Q6_K", T.Q8_0, T.Q8_0, T.Q6_K, "180 of 211"),
     ("Q4_0", T.Q4_0, T.Q4_0, T.Q4_0, "1 of 211"),  # only the tied embedding: Q6_K -> Q8_0
     ("Q8_0", T.Q8_0, T.Q8_0, T.Q8_0, None),
-])
+], ids=["Q2_K", "Q3_K_S", "Q5_K_S", "Q6_K", "Q4_0", "Q8_0"])
 def test_other_mixes(smollm2_gguf: Path, ftype: str, body: GGMLType, attn_v: GGMLType, ffn_down: GGMLType,
                      summary: str | None) -> None:
     types, text = _types(smollm2_gguf, ftype)
