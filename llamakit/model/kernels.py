@@ -46,7 +46,12 @@ class DequantKernel:
         step = max(1, self.slab_values // n_in)
         if step >= w.shape[0]:
             return self._linear(x, w, n_in)
-        return torch.cat([self._linear(x, w[r:r + step], n_in) for r in range(0, w.shape[0], step)], dim=1)
+        # The output is allocated first and each slab's result copied in and freed at once: keeping the
+        # small per-slab results alive between the big temporaries fragments the heap (~1 slab per slab).
+        y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32, device=x.device)
+        for r in range(0, w.shape[0], step):
+            y[:, r:r + step] = self._linear(x, w[r:r + step], n_in)
+        return y
 
     def _linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
         return F.linear(x, self.codec.dequantize(w))
