@@ -405,7 +405,10 @@ def run(
     )
     if repeat_last_n < -1:
         raise LlamakitError(f"--repeat-last-n {repeat_last_n}: use -1, 0 or a positive count")
-    run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None, log=lambda s: typer.echo(s, err=True))
+    result = run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None,
+                       log=lambda s: typer.echo(s, err=True))
+    if result.stop_reason == "interrupted":
+        raise typer.Exit(130)
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})

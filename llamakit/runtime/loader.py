@@ -69,24 +69,18 @@ def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
         raise InputError(f"{path}: no such model file; pass an existing .gguf with -m")
     reader = GGUFReader(path)
     try:
-        return _load(reader, path, use_mmap, place_layers_for(reader, path, gpu_layers, devices), t_start)
+        return _load(reader, path, use_mmap, gpu_layers, tuple(devices), t_start)
     except BaseException:
         reader.close()
         raise
 
 
-def place_layers_for(reader: GGUFReader, path: Path, gpu_layers: int, devices: tuple[torch.device, ...]
-                     ) -> Placement:
-    n_layer = reader.metadata.get(f"{reader.architecture}.block_count")
-    if not isinstance(n_layer, int):
-        n_layer = 0  # LlamaConfig.from_gguf reports the real problem
-    return place_layers(n_layer, gpu_layers, devices)
-
-
-def _load(reader: GGUFReader, path: Path, use_mmap: bool, placement: Placement, t_start: float) -> LoadedModel:
+def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devices: tuple[torch.device, ...],
+          t_start: float) -> LoadedModel:
     metadata = reader.metadata
     infos = {t.name: t for t in reader.tensors}
     cfg = LlamaConfig.from_gguf(metadata, infos, what=str(path))
+    placement = place_layers(cfg.n_layer, gpu_layers, devices)
     for t in reader.tensors:  # IQ* and other types llamakit cannot compute: name tensor and type
         get_codec(t.ggml_type, what=f"{path}: tensor {t.name}")
     types = {name: t.ggml_type for name, t in infos.items()}

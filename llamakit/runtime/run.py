@@ -162,15 +162,19 @@ def _run(lm: LoadedModel, opts: RunOptions, out: Callable[[str], None], log: Cal
     gen = Generation(ctx, prompt, sampler, n_predict=opts.n_predict, n_keep=n_keep,
                      context_shift=opts.context_shift, eog_ids=tok.eog_ids, ignore_eos=opts.ignore_eos)
     stream = tok.stream_decoder(special=opts.special, strip_leading_space=False)
-    for t in gen:
-        result.tokens.append(t)
-        piece = stream.feed(t)
-        pieces.append(piece)
-        out(piece)
-        tail = (tail + [tok.token_to_piece(t, True).decode("utf-8", "replace")])[-32:]
-        if opts.reverse_prompts and (t in antiprompt_ids or _reverse_prompt_hit("".join(tail), opts.reverse_prompts)):
-            result.stop_reason = "reverse_prompt"
-            break
+    try:
+        for t in gen:
+            result.tokens.append(t)
+            piece = stream.feed(t)
+            pieces.append(piece)
+            out(piece)
+            tail = (tail + [tok.token_to_piece(t, True).decode("utf-8", "replace")])[-32:]
+            if opts.reverse_prompts and (t in antiprompt_ids
+                                         or _reverse_prompt_hit("".join(tail), opts.reverse_prompts)):
+                result.stop_reason = "reverse_prompt"
+                break
+    except KeyboardInterrupt:  # Ctrl+C: like llama-cli, still print what we have and the timings
+        result.stop_reason = "interrupted"
     rest = stream.flush()
     pieces.append(rest)
     out(rest)
