@@ -5,7 +5,7 @@ from torch's worker threads. With glibc's defaults each thread's arena keeps its
 dynamic mmap threshold moves large blocks into those heaps: about one model size of freed memory stays
 resident (peak RSS growth 2.0x the file + KV cache on SmolLM2 Q4_1, scripts/mem_run.py). Mapping every
 large block instead costs 4x the decode time in page faults. One arena, all blocks from the heap, and
-trimming its top beyond 32 MiB keep the speed and bring the growth to ~1.05x. A no-op outside glibc.
+trimming its top beyond 8 MiB keep the speed and bring the growth to ~1.05x. A no-op outside glibc.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
-def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 32 << 20, arena_max: int = 1) -> bool:
+def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 8 << 20, arena_max: int = 1) -> bool:
     """mallopt M_ARENA_MAX, M_MMAP_THRESHOLD and M_TRIM_THRESHOLD; True when applied. Call it before the
     first parallel torch op (arenas of threads that already exist are not merged)."""
     name = ctypes.util.find_library("c")
