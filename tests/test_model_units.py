@@ -89,6 +89,9 @@ def test_kernels_equal_dequantize_then_matmul(ggml_type: GGMLType) -> None:
     torch.testing.assert_close(small.linear(x, w, 512), ref, atol=1e-4, rtol=1e-5)
     ids = torch.tensor([3, 299, 0, 3])
     torch.testing.assert_close(k.rows(w, ids, 512), codec.dequantize(w)[ids], atol=0, rtol=0)
+    if hasattr(k, "dequant"):  # word-level unpacking must give the codec's exact values, slices included
+        assert torch.equal(k.dequant(w), codec.dequantize(w))
+        assert torch.equal(k.dequant(w[7:19]), codec.dequantize(w[7:19]))
 
 
 def test_iq_types_are_refused_by_name() -> None:
