@@ -75,7 +75,7 @@ def test_rope_rotates_adjacent_pairs() -> None:
     torch.testing.assert_close(s2, sin)
 
 
-@pytest.mark.parametrize("ggml_type", [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
+@pytest.mark.parametrize("ggml_type", [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q2_K,
                                        GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q6_K])
 def test_kernels_equal_dequantize_then_matmul(ggml_type: GGMLType) -> None:
     codec = get_codec(ggml_type)
