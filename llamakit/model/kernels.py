@@ -101,10 +101,23 @@ class Nibble4Kernel(DequantKernel):
         self.words = codec.type_size // (2 if self.word == torch.int16 else 4)
         self.mask = 0x0F0F if self.word == torch.int16 else 0x0F0F0F0F
 
-    def _nibbles(self, q: torch.Tensor, out: torch.Tensor) -> None:
-        """int words (n, g, k) -> out float32 (n, g, 2, bytes per g): low nibbles, then high ones."""
+    def _nibbles(self, q: torch.Tensor, staged: bool) -> torch.Tensor:
+        """int words (n, g, k) -> float32 (n, g, 2 * bytes per g): the low nibbles, then the high ones.
+
+        staged: unpack into one contiguous int buffer and convert it in a single pass; otherwise convert
+        each half straight into the float output. Measured (interleaved A/B, one thread): staged is ~1.25x
+        faster for the 16-byte groups of Q4_0/Q4_1, unstaged ~1.4x faster for Q4_K's 32-byte groups."""
+        n, g, k = q.shape
+        if staged:
+            qw = torch.empty(n, g, 2, k, dtype=q.dtype, device=q.device)
+            torch.bitwise_and(q, self.mask, out=qw[:, :, 0])
+            torch.bitwise_right_shift(q, 4, out=qw[:, :, 1])
+            qw[:, :, 1] &= self.mask
+            return qw.view(torch.uint8).view(n, g, -1).float()
+        out = torch.empty(n, g, 2, k * q.element_size(), dtype=torch.float32, device=q.device)
         out[:, :, 0] = (q & self.mask).view(torch.uint8)
         out[:, :, 1] = ((q >> 4) & self.mask).view(torch.uint8)
+        return out.view(n, g, -1)
 
     def dequant(self, w: torch.Tensor) -> torch.Tensor:
         r = w.shape[0]
@@ -112,22 +125,17 @@ class Nibble4Kernel(DequantKernel):
         n = words.shape[0]
         t = self.codec.ggml_type
         if t == GGMLType.Q4_0:
-            out = torch.empty(n, 1, 2, 16, dtype=torch.float32, device=w.device)
-            self._nibbles(words[:, None, 1:], out)
             d = words[:, :1].contiguous().view(torch.float16).float()  # (n, 1)
-            return out.view(n, 32).sub_(8).mul_(d).view(r, -1)
+            return self._nibbles(words[:, None, 1:], True).view(n, 32).sub_(8).mul_(d).view(r, -1)
         dm = words[:, :1].contiguous().view(torch.float16).float()  # (n, 2): d, m (or d, dmin)
         if t == GGMLType.Q4_1:
-            out = torch.empty(n, 1, 2, 16, dtype=torch.float32, device=w.device)
-            self._nibbles(words[:, None, 1:], out)
-            return out.view(n, 32).mul_(dm[:, :1]).add_(dm[:, 1:]).view(r, -1)
+            return self._nibbles(words[:, None, 1:], True).view(n, 32).mul_(dm[:, :1]).add_(dm[:, 1:]).view(r, -1)
         # Q4_K: 4 groups of 32 qs bytes -> 8 sub-blocks of 32 weights, each with a 6-bit scale and min
-        out = torch.empty(n, 4, 2, 32, dtype=torch.float32, device=w.device)
-        self._nibbles(words[:, 4:].view(n, 4, 8), out)
         sc, m = unpack_k4_scales(words[:, 1:4].contiguous().view(torch.uint8))
         scale = dm[:, :1] * sc.to(torch.float32)  # (n, 8), exact
         mins = dm[:, 1:] * m.to(torch.float32)
-        return out.view(n, 8, 32).mul_(scale[:, :, None]).sub_(mins[:, :, None]).view(r, -1)
+        q = self._nibbles(words[:, 4:].view(n, 4, 8), False).view(n, 8, 32)
+        return q.mul_(scale[:, :, None]).sub_(mins[:, :, None]).view(r, -1)
 
 
 class Q6KKernel(DequantKernel):
