@@ -174,3 +174,9 @@ def test_bench_cli_table() -> None:
     assert re.search(r"\| +pp16 \| +[\d.]+ ± [\d.]+ \|$", lines[2])
     assert re.search(r"\| +tg4 \| +[\d.]+ ± [\d.]+ \|$", lines[3])
     assert "llama 3.7M F32" in lines[2]
+
+
+@pytest.mark.parametrize("args,message", [(("-c", "2"), "at least 3"), (("--chunks", "0"), "--chunks 0")])
+def test_perplexity_rejects_arguments_that_score_nothing(args: tuple[str, str], message: str) -> None:
+    r = invoke("perplexity", "-m", F32, "-f", str(TINY / "corpus.txt"), *args)
+    assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.output

@@ -47,4 +47,4 @@ def test_chat_answer_is_coherent_english(smollm2_gguf, question: str, answer: st
     assert re.search(answer, text, re.I), text
     words = re.findall(r"[A-Za-z']+", text)
     assert len(words) >= 4 and sum(c.isascii() for c in text) / len(text) > 0.98, text
-    assert text[0].isupper() and "[end of text]" in r.stderr or len(words) > 30
+    assert text[0].isupper() and ("[end of text]" in r.stderr or len(words) > 30), text

@@ -40,7 +40,7 @@ def test_greedy_is_argmax() -> None:
     lg = torch.randn(1000, generator=torch.Generator().manual_seed(3))
     s = Sampler(SamplingParams(temp=0.0), 1000)
     assert s.sample(lg) == int(lg.argmax())
-    s = Sampler(SamplingParams(temp=-1.0, top_k=1), 1000)
+    s = Sampler(SamplingParams(temp=-1.0), 1000)
     assert s.sample(lg) == int(lg.argmax())
 
 
@@ -90,8 +90,12 @@ def test_logit_bias_bans_tokens() -> None:
 
 def test_seeded_sampling_is_reproducible_and_follows_the_distribution() -> None:
     lg = logits_of(PROBS)
-    draw = lambda seed: [Sampler(neutral(seed=seed), 8).sample(lg) for _ in range(1)]  # noqa: E731
+    def draw(seed: int) -> list[int]:
+        s = Sampler(neutral(seed=seed), 8)
+        return [s.sample(lg) for _ in range(50)]
+
     assert draw(11) == draw(11)
+    assert draw(11) != draw(12)
     s = Sampler(neutral(seed=1234), 8)
     n = 4000
     counts = torch.bincount(torch.tensor([s.sample(lg) for _ in range(n)]), minlength=8)

@@ -46,6 +46,10 @@ def perplexity(ctx: Context, tokens: Sequence[int], n_chunks: int = -1, bos_id: 
     """Score `tokens` in chunks of ctx.n_ctx. `emit` gets the `[i]x.xxxx,` pieces (stdout in llama.cpp),
     `log` the progress lines (stderr)."""
     n_ctx = ctx.n_ctx
+    if n_ctx < 3:  # the scored half is positions n_ctx/2 .. n_ctx-2: at least one
+        raise InputError(f"perplexity needs -c of at least 3 (got {n_ctx})")
+    if n_chunks == 0:
+        raise InputError("--chunks 0 scores nothing; give a positive count (or -1 for the whole text)")
     if len(tokens) < 2 * n_ctx:
         raise InputError(f"you need at least {2 * n_ctx} tokens to evaluate perplexity with a context of {n_ctx}; "
                          f"the text tokenizes to only {len(tokens)} tokens (use a longer text or a smaller -c)")

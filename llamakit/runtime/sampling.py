@@ -51,7 +51,7 @@ class Sampler:
         self.params, self.n_vocab = params, n_vocab
         self.seed = resolve_seed(params.seed)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(self.seed)
-        self.prev: deque[int] = deque(maxlen=max(params.repeat_last_n, 32))  # last tokens (reverse prompts)
+        self.prev: deque[int] = deque(maxlen=params.repeat_last_n)  # the penalty window
         self._bias = None
         if logit_bias:
             self._bias_ids = torch.tensor(list(logit_bias), dtype=torch.long)
@@ -65,8 +65,7 @@ class Sampler:
         if p.repeat_last_n == 0 or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
                                     and p.presence_penalty == 0.0) or not self.prev:
             return logits
-        hist = list(self.prev)[-p.repeat_last_n:]
-        ids, counts = torch.tensor(hist, dtype=torch.long).unique(return_counts=True)
+        ids, counts = torch.tensor(self.prev, dtype=torch.long).unique(return_counts=True)
         ids, counts = ids[ids < self.n_vocab], counts[ids < self.n_vocab]
         lg = logits[ids]
         lg = torch.where(lg <= 0, lg * p.repeat_penalty, lg / p.repeat_penalty)
