@@ -20,7 +20,6 @@ from .loader import LoadedModel
 @dataclass(frozen=True)
 class BenchResult:
     test: str  # "pp512", "tg128"
-    n_tokens: int
     rates: tuple[float, ...]  # tokens per second, one per rep
 
     @property
@@ -39,36 +38,30 @@ def _tokens(n: int, n_vocab: int, bos: int | None, rng: random.Random) -> list[i
     return toks
 
 
-def bench_prompt(ctx: Context, n_prompt: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
-    rng = random.Random(seed)
-    toks = _tokens(n_prompt, ctx.cfg.n_vocab, bos, rng)
+def _bench(ctx: Context, name: str, n: int, step: int, bos: int | None, reps: int, seed: int) -> BenchResult:
+    """n random tokens decoded `step` at a time from an empty cache, after one short warmup decode."""
+    toks = _tokens(n, ctx.cfg.n_vocab, bos, random.Random(seed))
 
     def once() -> float:
         ctx.clear()
         t0 = time.perf_counter()
-        for s in range(0, n_prompt, ctx.n_batch):
-            ctx.decode(toks[s:s + ctx.n_batch])
+        for s in range(0, n, step):
+            ctx.decode(toks[s:s + step])
         return time.perf_counter() - t0
 
     ctx.clear()
-    ctx.decode(toks[: min(32, n_prompt, ctx.n_batch)])  # warmup, as llama-bench
-    return BenchResult(f"pp{n_prompt}", n_prompt, tuple(n_prompt / once() for _ in range(reps)))
+    ctx.decode(toks[: min(32, step)])  # warmup, as llama-bench
+    return BenchResult(f"{name}{n}", tuple(n / once() for _ in range(reps)))
+
+
+def bench_prompt(ctx: Context, n_prompt: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
+    """Prompt processing: decodes of up to n_batch tokens."""
+    return _bench(ctx, "pp", n_prompt, ctx.n_batch, bos, reps, seed)
 
 
 def bench_gen(ctx: Context, n_gen: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
-    rng = random.Random(seed)
-    toks = _tokens(n_gen, ctx.cfg.n_vocab, bos, rng)
-
-    def once() -> float:
-        ctx.clear()
-        t0 = time.perf_counter()
-        for t in toks:
-            ctx.decode([t])
-        return time.perf_counter() - t0
-
-    ctx.clear()
-    ctx.decode(toks[:1])  # warmup
-    return BenchResult(f"tg{n_gen}", n_gen, tuple(n_gen / once() for _ in range(reps)))
+    """Generation: one token per decode."""
+    return _bench(ctx, "tg", n_gen, 1, bos, reps, seed)
 
 
 def model_row(lm: LoadedModel) -> dict[str, str]:
