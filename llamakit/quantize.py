@@ -264,11 +264,10 @@ def _finish(plan: QuantizePlan, w: GGUFWriter, tp: TensorPlan, conv: _Converter 
         if progress:
             progress(tp, tp.info.nbytes)
         return
-    per_weight = tp.info.nbytes / max(tp.info.n_elements, 1)
     for f in futures:
-        n = f.result()
+        n = f.result()  # input bytes of the chunk (src is the raw uint8 view)
         if progress:
-            progress(tp, int(n * per_weight))
+            progress(tp, n)
     w.write_tensor(tp.name, conv.out)
 
 

@@ -127,3 +127,14 @@ def test_requantize_is_allowed_with_the_flag(tmp_path: Path) -> None:
     assert "requantizing" in res.output and "quality" in res.output
     with GGUFReader(out) as r:
         assert {t.ggml_type for t in r.tensors} == {GGMLType.F32, GGMLType.Q4_0, GGMLType.Q6_K}
+
+
+@pytest.mark.parametrize("ttype", ["Q8_0", "Q4_K_M"])
+def test_progress_counts_each_input_byte_once(tmp_path: Path, ttype: str) -> None:
+    """The progress callback reports input bytes: over a whole run they add up to the input's tensor bytes."""
+    from llamakit.quantize import plan_quantize, run_quantize
+
+    seen: list[int] = []
+    with plan_quantize(TINY_GGUF / "convert-f16.gguf", ttype) as plan:
+        run_quantize(plan, tmp_path / "out.gguf", threads=1, progress=lambda tp, n: seen.append(n))
+        assert sum(seen) == plan.input_bytes == sum(t.nbytes for t in plan.reader.tensors)

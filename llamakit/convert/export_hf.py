@@ -90,6 +90,9 @@ def export_hf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = t
 
         state: dict[str, torch.Tensor] = {}
         for info in r.tensors:
+            if info.name == "rope_freqs.weight":  # HF derives it from a rope_scaling block we do not write
+                raise UnsupportedError(f"{gguf_path}: exporting llama3-scaled RoPE (rope_freqs.weight) to HF is "
+                                       "not supported")
             w = dequantize(r, info)
             if ".attn_q." in info.name or ".attn_k." in info.name:
                 w = permute_qk(w, n_head if ".attn_q." in info.name else n_kv)

@@ -210,21 +210,6 @@ def encode_tensor(t: PlannedTensor) -> np.ndarray:
         chunk = rows[r0:r0 + step]
         dst[r0 * row_bytes:(r0 + chunk.shape[0]) * row_bytes] = codec.quantize(chunk).reshape(-1)
     return out
-    dst = torch.from_numpy(out)
-    n = t.shape[-1] if t.shape else 1
-    rows = x.reshape(-1, n)
-    row_bytes = t.nbytes // rows.shape[0]
-    step = max(1, _CHUNK // n)
-    codec = None if t.ggml_type in _TORCH_OF else get_codec(t.ggml_type, t.name)
-    for r0 in range(0, rows.shape[0], step):
-        chunk = rows[r0:r0 + step]
-        if codec is None:
-            # f32 -> f16/bf16 round to nearest even; bf16/f16 -> f32 is exact; bf16 <-> f16 goes through f32
-            y = chunk.to(_TORCH_OF[t.ggml_type]).contiguous().view(torch.uint8)
-        else:
-            y = codec.quantize(chunk)
-        dst[r0 * row_bytes:(r0 + chunk.shape[0]) * row_bytes] = y.reshape(-1)
-    return out
 
 
 @contextmanager
