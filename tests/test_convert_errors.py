@@ -223,3 +223,12 @@ def test_error_mid_write_leaves_nothing(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="file ended early"):
             write_gguf(plan)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "model.safetensors.index.json"])
+def test_json_that_is_not_an_object(tmp_path: Path, name: str) -> None:
+    m = copy("hf", tmp_path / "m")
+    (m / name).chmod(0o644)
+    (m / name).write_text("[1, 2, 3]")
+    fails([str(m)], name, "expected a JSON object")
+    no_outputs(tmp_path)

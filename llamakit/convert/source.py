@@ -184,11 +184,15 @@ def torch_tensor(path: Path, name: str, t: torch.Tensor) -> SourceTensor:
     return SourceTensor(name, tuple(t.shape), t.dtype, lambda: t, path)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file; every one llamakit reads (config, index, params, tokenizer files) is an object."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            obj = json.load(f)
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a JSON object, found a {type(obj).__name__}; the file is damaged")
+    return obj
