@@ -52,7 +52,7 @@ _REGEXES: dict[str, tuple[str, ...]] = {
     "llama3": (LLAMA3,),
     "qwen2": (QWEN2,),
     "starcoder": (r"\p{N}", GPT2),
-    "falcon": (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"[0-9][0-9][0-9]"),
+    "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"),  # falcon's class has '`', default's not
     "deepseek-llm": ("[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", _DEEPSEEK_PUNCT, r"\s+\Z", _CJK,
                      r"\p{N}+"),
     "deepseek-v3": (r"\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
