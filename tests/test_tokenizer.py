@@ -248,6 +248,10 @@ def test_unsupported_model_and_pre() -> None:
         Tokenizer.from_metadata({"general.architecture": "llama"})
     with pytest.raises(InputError, match="surrogate"):
         load(VOCAB / "ggml-vocab-llama-spm.gguf").encode("a\ud800")
+    tokens = list(md["tokenizer.ggml.tokens"])
+    tokens[300] = tokens[299]
+    with pytest.raises(InputError, match=r"twice \(ids 299 and 300\)"):  # llama.cpp aborts on this file
+        Tokenizer.from_metadata({**md, "tokenizer.ggml.tokens": tokens})
 
 
 def test_missing_pre_warns_and_uses_default() -> None:

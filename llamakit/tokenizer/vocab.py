@@ -177,7 +177,10 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     for i, t in enumerate(texts):
         if t == "":
             t = texts[i] = f"[EMPTY_{i}]"
-        token_to_id[t] = i  # a duplicate text maps to its last id, as in llama.cpp
+        first = token_to_id.setdefault(t, i)
+        if first != i:  # llama.cpp aborts on such a vocabulary (id_to_token and token_to_id sizes differ)
+            raise InputError(f"GGUF metadata {K}tokens has {t!r} twice (ids {first} and {i}): the vocabulary is "
+                             "corrupt; re-convert the model")
 
     for key, name in _SPECIAL_ID_KEYS:
         val = _get(md, key)
@@ -239,15 +242,15 @@ def load_vocab(md: Mapping[str, Any]) -> Vocab:
     name = str(md.get("general.name", "") or "").lower()
     if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")):
         if "<mask>" in token_to_id:
-            attrs[token_to_id["<mask>"]] |= Attr.LSTRIP
+            attrs[token_to_id["<mask>"]] |= int(Attr.LSTRIP)
     elif "phi-3" in name or "phi3" in name:
         for i in cache:
-            attrs[i] |= Attr.RSTRIP
+            attrs[i] |= int(Attr.RSTRIP)
         for text, on in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
             tid = token_to_id.get(text)
             if tid is None:
                 raise InputError(f"phi-3 vocabulary without the token {text!r}: the file looks damaged")
-            attrs[tid] = attrs[tid] | Attr.RSTRIP if on else attrs[tid] & ~Attr.RSTRIP
+            attrs[tid] = attrs[tid] | int(Attr.RSTRIP) if on else attrs[tid] & ~int(Attr.RSTRIP)
 
     return Vocab(
         model=model, pre=pre, pre_tokenizer=pre_tok, texts=texts, scores=scores, attrs=attrs,
