@@ -15,9 +15,9 @@ Words repeat, so the ids of each word are cached per tokenizer on top of either 
 
 from __future__ import annotations
 
-import heapq
 from typing import Callable, Sequence
 
+from .merge import heap_merge
 from .unicode import byte_encode_table
 
 WordEncoder = Callable[[str], Sequence[int]]  # byte-encoded word -> ids
@@ -40,40 +40,10 @@ class PyBpe:
             tid = vocab.get(word)
             if tid is not None:
                 return [tid]
-        ranks = self._ranks
-        sym = list(word)
-        n = len(sym)
-        nxt = list(range(1, n)) + [-1]
-        prv = list(range(-1, n - 1))
-        heap: list[tuple[int, int, int, str]] = []  # (rank, left, right, merged text)
-
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            r = ranks.get((sym[left], sym[right]))
-            if r is not None:
-                heapq.heappush(heap, (r, left, right, sym[left] + sym[right]))
-
-        for i in range(1, n):
-            push(i - 1, i)
-        while heap:
-            _, left, right, text = heapq.heappop(heap)
-            a, b = sym[left], sym[right]
-            if not a or not b or a + b != text:
-                continue  # outdated pair
-            sym[left] = text
-            sym[right] = ""
-            r2 = nxt[right]
-            nxt[left] = r2
-            if r2 >= 0:
-                prv[r2] = left
-            push(prv[left], left)
-            push(left, r2)
+        sym = heap_merge(list(word), lambda a, b: self._ranks.get((a, b)))
 
         out: list[int] = []
         for s in sym:
-            if not s:
-                continue
             tid = vocab.get(s)
             if tid is not None:
                 out.append(tid)

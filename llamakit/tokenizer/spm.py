@@ -14,12 +14,12 @@ repeat (words), so their token ids are cached per tokenizer.
 
 from __future__ import annotations
 
-import heapq
 import math
 import re
 from typing import Sequence
 
 from ..errors import UnsupportedError
+from .merge import heap_merge
 
 SPACE = "\u2581"  # '▁', what SentencePiece writes for a space
 _NO_PAIR = -math.inf  # "this pair is not a token"; real scores are finite (checked)
@@ -120,39 +120,13 @@ class SpmEncoder:
 
     def _merge_heap(self, text: str) -> tuple[int, ...]:
         """llama.cpp's priority-queue formulation, for long pieces (and non-finite scores)."""
-        vocab = self._vocab
-        scores = self._scores
-        sym = list(text)  # symbol texts; '' once merged into its left neighbour
-        n = len(sym)
-        nxt = list(range(1, n)) + [-1]
-        prv = list(range(-1, n - 1))
-        heap: list[tuple[float, int, int, int]] = []  # (-score, left, right, length): max score, then leftmost
+        vocab, scores = self._vocab, self._scores
 
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            t = sym[left] + sym[right]
-            i = vocab.get(t)
-            if i is not None:
-                heapq.heappush(heap, (-scores[i], left, right, len(t)))
+        def key(a: str, b: str) -> float | None:  # max score first (heap is a min-heap), then leftmost
+            i = vocab.get(a + b)
+            return None if i is None else -scores[i]
 
-        for i in range(1, n):
-            push(i - 1, i)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            a, b = sym[left], sym[right]
-            # stale entry: a side was merged away, or the right side grew since the pair was queued
-            if not a or not b or len(a) + len(b) != size:
-                continue
-            sym[left] = a + b
-            sym[right] = ""
-            r2 = nxt[right]
-            nxt[left] = r2
-            if r2 >= 0:
-                prv[r2] = left
-            push(prv[left], left)
-            push(left, r2)
-        return self._emit([s for s in sym if s])
+        return self._emit(heap_merge(list(text), key))
 
     def _emit(self, sym: list[str]) -> tuple[int, ...]:
         vocab = self._vocab
