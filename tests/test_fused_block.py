@@ -99,7 +99,8 @@ def close(got: torch.Tensor, ref: torch.Tensor, exact: bool, what: str) -> None:
         assert err <= 2e-2 * rms, f"{what}: max |diff| {err:.3g} > 2e-2 * rms {rms:.3g}"
 
 
-def run_steps(name: str, variant: str, layer: int, dtype: torch.dtype) -> tuple[FusedBlock, tuple]:
+def run_steps(name: str, variant: str, layer: int, dtype: torch.dtype, min_parallel: int = 0
+              ) -> tuple[FusedBlock, tuple]:
     lm = model(name).model
     lib = library(variant)
     blk = lm.blk[layer]
@@ -107,7 +108,7 @@ def run_steps(name: str, variant: str, layer: int, dtype: torch.dtype) -> tuple[
     dims, linears = block_inputs(lib, blk)
     kc, vc = caches(cfg, dtype)
     tk, tv = caches(cfg, dtype)
-    fb = FusedBlock(dims, linears, kc, vc, variant=variant)
+    fb = FusedBlock(dims, linears, kc, vc, variant=variant, min_parallel=min_parallel)
     cos, sin = rope_cos_sin(cfg, torch.arange(N_CTX))
     g = torch.Generator().manual_seed(layer)
     for seq, poss in STEPS:
@@ -138,6 +139,21 @@ def test_block_matches_torch(name: str, variant: str) -> None:
                     close(g, r, False, f"{what} cache seq {s}")
         for got in (kc, vc):  # slots never written stay untouched
             assert got[0, :, 14:].abs().max() == 0 and got[1, :, 4:].abs().max() == 0 and got[2, :, 1:].abs().max() == 0
+
+
+@pytest.mark.parametrize("variant", cpu_variants())
+@pytest.mark.parametrize("name", ["f32", "q4_0"])
+def test_block_threaded(name: str, variant: str) -> None:
+    """Every phase on the pool (min_parallel=1) with 3 threads: the same results as the torch path."""
+    lib = library(variant)
+    lib.lk_set_threads.argtypes = [ctypes.c_int]
+    before = lib.lk_get_threads()
+    lib.lk_set_threads(3)
+    try:
+        assert lib.lk_get_threads() == 3
+        run_steps(name, variant, 2, torch.float16, min_parallel=1)
+    finally:
+        lib.lk_set_threads(before)
 
 
 @pytest.mark.parametrize("variant", cpu_variants())
@@ -197,3 +213,43 @@ def test_bad_positions_are_refused() -> None:
         with pytest.raises(Exception, match="outside"):
             fb(x, torch.tensor(pos, dtype=torch.int32), torch.tensor(seq, dtype=torch.int32), cos, sin)
     assert kc.abs().max() == 0
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_full_model_logits(name: str) -> None:
+    """All 4 blocks fused (best variant, f16 cache) vs the torch model on a 12-token prompt then 4 decoded
+    tokens: the same argmax at every position where torch's top-2 margin exceeds the error bound, and
+    logits within rel 1e-3 (float weights) / 3e-2 of their rms (quantized)."""
+    lm = model(name).model
+    cfg = lm.cfg
+    variant = cpu_variants()[0]
+    lib = library(variant)
+    n_ctx = 24
+    kv_ref = [(torch.zeros(cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16),
+               torch.zeros(cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16)) for _ in lm.blk]
+    blocks = []
+    for blk in lm.blk:
+        dims, linears = block_inputs(lib, blk)
+        kc = torch.zeros(1, cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16)
+        blocks.append(FusedBlock(dims, linears, kc, torch.zeros_like(kc), variant=variant, max_tokens=12))
+    cos, sin = rope_cos_sin(cfg, torch.arange(n_ctx))
+    tokens = torch.tensor([1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889]) % cfg.n_vocab
+    bound = 1e-3 if name in EXACT else 3e-2
+    start, agree, checked = 0, 0, 0
+    for step in range(5):
+        with torch.no_grad():
+            ref = lm(tokens, start, kv_ref, logits="all")
+            h = lm.token_embd(tokens).contiguous()
+            pos = torch.arange(start, start + len(tokens), dtype=torch.int32)
+            for fb in blocks:
+                fb(h, pos, torch.zeros_like(pos), cos, sin)
+            got = lm.output(lm.output_norm(h))
+        rms = ref.pow(2).mean().sqrt().item()
+        assert (got - ref).abs().max().item() <= bound * rms, f"step {step}"
+        top2 = ref.topk(2, dim=-1).values
+        sure = (top2[:, 0] - top2[:, 1]) > 2 * bound * rms
+        agree += int((got.argmax(-1) == ref.argmax(-1))[sure].sum())
+        checked += int(sure.sum())
+        start += len(tokens)
+        tokens = ref[-1:].argmax(-1)
+    assert checked >= 8 and agree == checked

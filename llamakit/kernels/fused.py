@@ -42,7 +42,8 @@ class _Block(ctypes.Structure):  # lk_block, field for field
     _fields_ = ([(n, _I64) for n in ("n_embd", "n_head", "n_head_kv", "head_dim", "n_ff", "n_rot")]
                 + [("eps", ctypes.c_float), ("cache_f16", ctypes.c_int32), ("n_seq", _I64), ("n_ctx", _I64)]
                 + [(f, _Linear) for f in _FIELDS.values()]
-                + [("attn_norm", _P), ("ffn_norm", _P), ("k_cache", _P), ("v_cache", _P), ("min_parallel", _I64), ("scratch", _P),
+                + [("attn_norm", _P), ("ffn_norm", _P), ("k_cache", _P), ("v_cache", _P), ("min_parallel", _I64), ("timing", _I64),
+                   ("ns_matmul", _I64), ("ns_total", _I64), ("scratch", _P),
                    ("scratch_bytes", ctypes.c_size_t)])
 
 

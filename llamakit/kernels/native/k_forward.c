@@ -448,12 +448,35 @@ static void attend_task(void *ctx, int i, int n) {
 
 /* ---- the block ------------------------------------------------------------------------------------ */
 
-static int mm(const lk_linear *l, int64_t T, const float *x, float *y) {
-    return lk_matmul(l->type, l->rows, l->cols, l->w, T, x, y, l->rows);
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+static int mm_timed(lk_block *b, const lk_linear *l, int64_t T, const float *x, float *y) {
+    if (!b->timing) return lk_matmul(l->type, l->rows, l->cols, l->w, T, x, y, l->rows);
+    int64_t t0 = now_ns();
+    int rc = lk_matmul(l->type, l->rows, l->cols, l->w, T, x, y, l->rows);
+    b->ns_matmul += now_ns() - t0;
+    return rc;
+}
+#define mm(l, T, x, y) mm_timed(b, l, T, x, y)
+
+static int block_forward(lk_block *b, int64_t T, float *x, const int32_t *pos, const int32_t *seq,
+                         const float *cos, const float *sin);
 
 LK_API int lk_block_forward(lk_block *b, int64_t T, float *x, const int32_t *pos, const int32_t *seq,
                             const float *cos, const float *sin) {
+    if (!b->timing) return block_forward(b, T, x, pos, seq, cos, sin);
+    int64_t t0 = now_ns();
+    int rc = block_forward(b, T, x, pos, seq, cos, sin);
+    b->ns_total += now_ns() - t0;
+    return rc;
+}
+
+static int block_forward(lk_block *b, int64_t T, float *x, const int32_t *pos, const int32_t *seq,
+                         const float *cos, const float *sin) {
     if (T <= 0) return T == 0 ? LK_OK : LK_ESHAPE;
     if (b->n_head % b->n_head_kv || b->n_rot > b->head_dim || b->n_rot % 2) return LK_ESHAPE;
     for (int64_t t = 0; t < T; t++)

@@ -43,6 +43,8 @@ typedef struct lk_block {
     void *k_cache, *v_cache;             /* (n_seq, n_head_kv, n_ctx, head_dim) */
     int64_t min_parallel;                /* elements of work below which a phase runs on the caller's
                                             thread alone; 0: the default (2^15) */
+    int64_t timing;                      /* nonzero: add each call's nanoseconds to the two below */
+    int64_t ns_matmul, ns_total;         /* (benchmarks: the share of the 7 lk_matmul calls) */
     /* owned by the library */
     void *scratch;
     size_t scratch_bytes;
