@@ -54,8 +54,9 @@ def make_block(lib: ctypes.CDLL, dims: dict, gtype: GGMLType, n_ctx: int, varian
     return FusedBlock(dims, linears, kc, vc, variant=variant)
 
 
-def bench(fb: FusedBlock, dims: dict, n_ctx: int, iters: int) -> tuple[float, float, float]:
-    """(us per __call__, us in matmuls per call, us in C per call) for T=1 at position n_ctx."""
+def bench(fb: FusedBlock, dims: dict, n_ctx: int, iters: int) -> tuple[float, float, float, float]:
+    """(us per __call__, us in matmuls per call, us in C per call, CPU us per call over all threads) for
+    T=1 at position n_ctx. The CPU time is the steadier number on a loaded machine."""
     x0 = torch.randn(1, dims["n_embd"]) * 0.1
     x = x0.clone()
     pos, seq = torch.tensor([n_ctx], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
@@ -65,12 +66,12 @@ def bench(fb: FusedBlock, dims: dict, n_ctx: int, iters: int) -> tuple[float, fl
         fb(x, pos, seq, cos, sin)
         x.copy_(x0)  # keep the activations from growing over thousands of residual adds
     fb._b.timing, fb._b.ns_matmul, fb._b.ns_total = 1, 0, 0
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(iters):
         fb(x, pos, seq, cos, sin)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     fb._b.timing = 0
-    return wall / iters * 1e6, fb._b.ns_matmul / iters / 1e3, fb._b.ns_total / iters / 1e3
+    return wall / iters * 1e6, fb._b.ns_matmul / iters / 1e3, fb._b.ns_total / iters / 1e3, cpu / iters * 1e6
 
 
 def call_overhead(fb: FusedBlock, dims: dict, iters: int = 20000) -> float:
@@ -95,15 +96,15 @@ def main() -> None:
     lib = fused._library(a.variant)
     lib.lk_set_threads.argtypes = [ctypes.c_int]
     print(f"variant {a.variant or 'best'}, T=1 at position {a.ctx}, f16 cache, {a.iters} calls each (noisy: shared machine)")
-    print(f"{'model':10} {'type':6} {'thr':>3} {'us/call':>9} {'matmul':>8} {'rest':>7} {'py+ctypes':>9}")
+    print(f"{'model':10} {'type':6} {'thr':>3} {'us/call':>9} {'matmul':>8} {'rest':>7} {'py+ctypes':>9} {'cpu us':>8}")
     for m in a.models:
         for t in a.types:
             fb = make_block(lib, DIMS[m], GGMLType[t], a.ctx, a.variant)
             ovh = call_overhead(fb, DIMS[m])
             for n in a.threads:
                 lib.lk_set_threads(n)
-                call, mm, total = bench(fb, DIMS[m], a.ctx, a.iters)
-                print(f"{m:10} {t:6} {n:3d} {call:9.1f} {mm:8.1f} {total - mm:7.1f} {ovh:9.1f}")
+                call, mm, total, cpu = bench(fb, DIMS[m], a.ctx, a.iters)
+                print(f"{m:10} {t:6} {n:3d} {call:9.1f} {mm:8.1f} {total - mm:7.1f} {ovh:9.1f} {cpu:8.1f}")
     lib.lk_set_threads(1)
 
 

@@ -16,24 +16,22 @@
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 /* ---- IEEE half <-> float (exact; round to nearest even like torch's .to(float16)) -------------------- */
 
+/* Normal and subnormal halves are the float with the half's exponent+mantissa bits shifted into place,
+ * times 2^112 (exact: only the exponent moves); the all-ones exponent (inf / nan) is patched. */
 static inline float h2f(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
-    if (e == 0x1f) {
-        u = sign | 0x7f800000u | (m << 13); /* inf / nan (payload kept) */
-    } else if (e != 0) {
-        u = sign | ((e + 112) << 23) | (m << 13);
-    } else if (m == 0) {
-        u = sign;
-    } else { /* subnormal: m * 2^-24, exact in float */
-        float f = (float)m * 5.9604644775390625e-08f;
-        memcpy(&u, &f, 4);
-        u |= sign;
-    }
+    uint32_t u = (uint32_t)(h & 0x7fff) << 13;
     float f;
+    memcpy(&f, &u, 4);
+    f *= 0x1p112f;
+    memcpy(&u, &f, 4);
+    if ((h & 0x7c00) == 0x7c00) u = 0x7f800000u | ((uint32_t)(h & 0x3ff) << 13);
+    u |= (uint32_t)(h & 0x8000) << 16;
     memcpy(&f, &u, 4);
     return f;
 }
@@ -72,6 +70,24 @@ LK_API void lk_f16_to_f32(int64_t n, const uint16_t *x, float *out) {
     int64_t i = 0;
 #if defined(__F16C__)
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+#endif
+#if defined(__SSE2__) && !defined(__F16C__)
+    /* h2f 4 lanes at a time in SSE2 (the x86-64 baseline) */
+    const __m128i m7fff = _mm_set1_epi32(0x7fff), m7c00 = _mm_set1_epi32(0x7c00), m3ff = _mm_set1_epi32(0x3ff),
+                  m8000 = _mm_set1_epi32(0x8000), inf = _mm_set1_epi32(0x7f800000);
+    const __m128 scale = _mm_set1_ps(0x1p112f);
+    for (; i + 8 <= n; i += 8) {
+        __m128i h8 = _mm_loadu_si128((const __m128i *)(x + i));
+        for (int k = 0; k < 2; k++) {
+            __m128i h = k ? _mm_unpackhi_epi16(h8, _mm_setzero_si128()) : _mm_unpacklo_epi16(h8, _mm_setzero_si128());
+            __m128i v = _mm_castps_si128(_mm_mul_ps(_mm_castsi128_ps(_mm_slli_epi32(_mm_and_si128(h, m7fff), 13)), scale));
+            __m128i sp = _mm_cmpeq_epi32(_mm_and_si128(h, m7c00), m7c00);
+            __m128i special = _mm_or_si128(inf, _mm_slli_epi32(_mm_and_si128(h, m3ff), 13));
+            v = _mm_or_si128(_mm_and_si128(sp, special), _mm_andnot_si128(sp, v));
+            v = _mm_or_si128(v, _mm_slli_epi32(_mm_and_si128(h, m8000), 16));
+            _mm_storeu_si128((__m128i *)(out + i + 4 * k), v);
+        }
+    }
 #endif
     for (; i < n; i++) out[i] = h2f(x[i]);
 }
@@ -135,38 +151,9 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-static inline float dot_f16(const float *a, const uint16_t *b, int64_t n) {
-    int64_t i = 0;
-    float s = 0.0f;
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps();
-    for (; i + 16 <= n; i += 16)
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i))), a0);
-    s = _mm512_reduce_add_ps(a0);
-#elif defined(__AVX2__)
-    __m256 a0 = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8)
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), a0);
-    s = hsum8(a0);
-#endif
-    for (; i < n; i++) s += a[i] * h2f(b[i]);
-    return s;
-}
-
 /* y += c * v */
 static inline void axpy_f32(float *y, float c, const float *v, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += c * v[i];
-}
-
-static inline void axpy_f16(float *y, float c, const uint16_t *v, int64_t n) {
-    int64_t i = 0;
-#if defined(__F16C__)
-    __m256 cc = _mm256_set1_ps(c);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(cc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))),
-                                                _mm256_loadu_ps(y + i)));
-#endif
-    for (; i < n; i++) y[i] += c * h2f(v[i]);
 }
 
 /* s[i] = exp(s[i] - m); returns the sum */
@@ -208,6 +195,124 @@ static void swiglu(float *g, const float *u, const float *bg, const float *bu, i
         float x = g[i];
         g[i] = x / (1.0f + expf(-x)) * (u[i] + (bu ? bu[i] : 0.0f));
     }
+}
+
+/* ---- attention kernels: scores over 4 slots at a time (4 independent FMA chains), V sums with the
+ * output chunk held in registers. Need head_dim % VL == 0; other sizes take the generic row loop. --- */
+
+#if defined(__AVX512F__)
+#define VL 16
+typedef __m512 vf;
+#define vzero() _mm512_setzero_ps()
+#define vload(p) _mm512_loadu_ps(p)
+#define vloadh(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vset1(x) _mm512_set1_ps(x)
+#define vmul(a, b) _mm512_mul_ps(a, b)
+#define vstore(p, v) _mm512_storeu_ps(p, v)
+#define vhsum(v) _mm512_reduce_add_ps(v)
+#elif defined(__AVX2__)
+#define VL 8
+typedef __m256 vf;
+#define vzero() _mm256_setzero_ps()
+#define vload(p) _mm256_loadu_ps(p)
+#define vloadh(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vset1(x) _mm256_set1_ps(x)
+#define vmul(a, b) _mm256_mul_ps(a, b)
+#define vstore(p, v) _mm256_storeu_ps(p, v)
+#define vhsum(v) hsum8(v)
+#endif
+
+#ifdef VL
+#define DEF_SCORES(name, T, LOAD)                                                                          \
+    static void name(const float *q, const T *K, int64_t n, int64_t hd, float scale, float *sc) {          \
+        int64_t p = 0;                                                                                     \
+        for (; p + 4 <= n; p += 4) {                                                                       \
+            const T *k = K + p * hd;                                                                       \
+            vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                                     \
+            for (int64_t d = 0; d < hd; d += VL) {                                                         \
+                vf qv = vload(q + d);                                                                      \
+                a0 = vfma(qv, LOAD(k + d), a0);                                                            \
+                a1 = vfma(qv, LOAD(k + hd + d), a1);                                                       \
+                a2 = vfma(qv, LOAD(k + 2 * hd + d), a2);                                                   \
+                a3 = vfma(qv, LOAD(k + 3 * hd + d), a3);                                                   \
+            }                                                                                              \
+            sc[p] = vhsum(a0) * scale;                                                                     \
+            sc[p + 1] = vhsum(a1) * scale;                                                                 \
+            sc[p + 2] = vhsum(a2) * scale;                                                                 \
+            sc[p + 3] = vhsum(a3) * scale;                                                                 \
+        }                                                                                                  \
+        for (; p < n; p++) {                                                                               \
+            vf a0 = vzero();                                                                               \
+            for (int64_t d = 0; d < hd; d += VL) a0 = vfma(vload(q + d), LOAD(K + p * hd + d), a0);        \
+            sc[p] = vhsum(a0) * scale;                                                                     \
+        }                                                                                                  \
+    }
+
+/* out = inv * sum_p sc[p] V[p], 4 vectors of the output at a time */
+#define DEF_AV(name, T, LOAD)                                                                              \
+    static void name(const float *sc, const T *V, int64_t n, int64_t hd, float inv, float *out) {          \
+        for (int64_t d0 = 0; d0 < hd; d0 += 4 * VL) {                                                      \
+            int nv = (int)((hd - d0) / VL < 4 ? (hd - d0) / VL : 4);                                       \
+            vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                                     \
+            const T *v = V + d0;                                                                           \
+            if (nv == 4) {                                                                                 \
+                for (int64_t p = 0; p < n; p++, v += hd) {                                                 \
+                    vf c = vset1(sc[p]);                                                                   \
+                    a0 = vfma(c, LOAD(v), a0);                                                             \
+                    a1 = vfma(c, LOAD(v + VL), a1);                                                        \
+                    a2 = vfma(c, LOAD(v + 2 * VL), a2);                                                    \
+                    a3 = vfma(c, LOAD(v + 3 * VL), a3);                                                    \
+                }                                                                                          \
+            } else {                                                                                       \
+                for (int64_t p = 0; p < n; p++, v += hd) {                                                 \
+                    vf c = vset1(sc[p]);                                                                   \
+                    a0 = vfma(c, LOAD(v), a0);                                                             \
+                    if (nv > 1) a1 = vfma(c, LOAD(v + VL), a1);                                            \
+                    if (nv > 2) a2 = vfma(c, LOAD(v + 2 * VL), a2);                                        \
+                }                                                                                          \
+            }                                                                                              \
+            vf iv = vset1(inv);                                                                            \
+            vstore(out + d0, vmul(a0, iv));                                                                \
+            if (nv > 1) vstore(out + d0 + VL, vmul(a1, iv));                                               \
+            if (nv > 2) vstore(out + d0 + 2 * VL, vmul(a2, iv));                                           \
+            if (nv > 3) vstore(out + d0 + 3 * VL, vmul(a3, iv));                                           \
+        }                                                                                                  \
+    }
+
+DEF_SCORES(scores_f32, float, vload)
+DEF_SCORES(scores_f16, uint16_t, vloadh)
+DEF_AV(av_f32, float, vload)
+DEF_AV(av_f16, uint16_t, vloadh)
+#endif
+
+/* the generic loops (scalar build, or a head_dim the vector kernels do not tile); f16 rows are converted
+ * into `row` first so the float loops vectorize */
+static void scores_any(const float *q, const void *K, int f16, int64_t n, int64_t hd, float scale, float *sc,
+                       float *row) {
+    for (int64_t p = 0; p < n; p++) {
+        const float *k = (const float *)K + p * hd;
+        if (f16) {
+            lk_f16_to_f32(hd, (const uint16_t *)K + p * hd, row);
+            k = row;
+        }
+        sc[p] = dot_f32(q, k, hd) * scale;
+    }
+}
+
+static void av_any(const float *sc, const void *V, int f16, int64_t n, int64_t hd, float inv, float *out,
+                   float *row) {
+    memset(out, 0, hd * sizeof(float));
+    for (int64_t p = 0; p < n; p++) {
+        const float *v = (const float *)V + p * hd;
+        if (f16) {
+            lk_f16_to_f32(hd, (const uint16_t *)V + p * hd, row);
+            v = row;
+        }
+        axpy_f32(out, sc[p], v, hd);
+    }
+    for (int64_t i = 0; i < hd; i++) out[i] *= inv;
 }
 
 /* ---- row-wise pieces ------------------------------------------------------------------------------ */
@@ -252,7 +357,7 @@ static size_t up64(size_t n) { return (n + 15) & ~(size_t)15; } /* floats, to 64
 static size_t layout(const lk_block *b, int64_t T, int64_t nt, scratch_t *s, float *base) {
     int64_t nq = b->n_head * b->head_dim, nkv = b->n_head_kv * b->head_dim;
     size_t sizes[8] = {up64(T * b->n_embd), up64(T * nq), up64(T * nkv), up64(T * nkv), up64(T * nq),
-                       up64(T * b->n_ff), up64(T * b->n_ff), up64(nt * b->n_ctx)};
+                       up64(T * b->n_ff), up64(T * b->n_ff), up64(nt * (b->n_ctx + b->head_dim + 16))};
     float **dst[8] = {&s->h, &s->q, &s->k, &s->v, &s->a, &s->g, &s->u, &s->scores};
     size_t off = 16; /* the header (T, n_threads) lives in the first 64 bytes */
     for (int i = 0; i < 8; i++) {
@@ -396,34 +501,32 @@ static void attend(job_t *j, int64_t lo, int64_t hi, float *sc) {
     const lk_block *b = j->b;
     int64_t hd = b->head_dim, group = b->n_head / b->n_head_kv;
     float scale = 1.0f / sqrtf((float)hd);
+    float *row = sc + b->n_ctx; /* head_dim floats after the scores (see layout) */
+    size_t esz = b->cache_f16 ? 2 : 4;
     for (int64_t it = lo; it < hi; it++) {
         int64_t t = it / b->n_head, h = it % b->n_head, kvh = h / group, n = (int64_t)j->pos[t] + 1;
         const float *q = j->s.q + (t * b->n_head + h) * hd;
         float *out = j->s.a + (t * b->n_head + h) * hd;
         int64_t base = ((int64_t)j->seq[t] * b->n_head_kv + kvh) * b->n_ctx * hd;
+        const void *K = (const char *)b->k_cache + base * esz, *V = (const char *)b->v_cache + base * esz;
+#ifdef VL
+        int vec = hd % VL == 0;
+        if (vec) {
+            if (b->cache_f16) scores_f16(q, K, n, hd, scale, sc);
+            else scores_f32(q, K, n, hd, scale, sc);
+        } else
+#endif
+            scores_any(q, K, b->cache_f16, n, hd, scale, sc, row);
         float m = -INFINITY;
-        if (b->cache_f16) {
-            const uint16_t *K = (const uint16_t *)b->k_cache + base;
-            for (int64_t p = 0; p < n; p++) {
-                sc[p] = dot_f16(q, K + p * hd, hd) * scale;
-                m = sc[p] > m ? sc[p] : m;
-            }
-        } else {
-            const float *K = (const float *)b->k_cache + base;
-            for (int64_t p = 0; p < n; p++) {
-                sc[p] = dot_f32(q, K + p * hd, hd) * scale;
-                m = sc[p] > m ? sc[p] : m;
-            }
-        }
+        for (int64_t p = 0; p < n; p++) m = sc[p] > m ? sc[p] : m;
         float inv = 1.0f / exp_sub_sum(sc, n, m);
-        memset(out, 0, hd * sizeof(float));
-        if (b->cache_f16) {
-            const uint16_t *V = (const uint16_t *)b->v_cache + base;
-            for (int64_t p = 0; p < n; p++) axpy_f16(out, sc[p] * inv, V + p * hd, hd);
-        } else {
-            const float *V = (const float *)b->v_cache + base;
-            for (int64_t p = 0; p < n; p++) axpy_f32(out, sc[p] * inv, V + p * hd, hd);
-        }
+#ifdef VL
+        if (vec) {
+            if (b->cache_f16) av_f16(sc, V, n, hd, inv, out);
+            else av_f32(sc, V, n, hd, inv, out);
+        } else
+#endif
+            av_any(sc, V, b->cache_f16, n, hd, inv, out, row);
     }
 }
 
@@ -443,7 +546,7 @@ static void attend_task(void *ctx, int i, int n) {
         acc += c;
     }
     if (lo < 0) lo = items;
-    attend(j, lo, hi, j->s.scores + (int64_t)i * j->b->n_ctx);
+    attend(j, lo, hi, j->s.scores + (int64_t)i * (j->b->n_ctx + j->b->head_dim + 16));
 }
 
 /* ---- the block ------------------------------------------------------------------------------------ */
