@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "gguf": {"gguf.constants", "errors"},
     "quants": {"gguf.constants", "errors"},
     "tokenizer": {"errors"},
+    "kernels": {"quants", "gguf.constants", "errors"},
     "model": {"quants", "gguf.constants", "errors"},
     "convert": {"gguf", "gguf.constants", "quants", "tokenizer", "errors"},
     "quantize": {"gguf", "gguf.constants", "quants", "errors"},
