@@ -28,7 +28,7 @@ USES = ("linear", "rows")
 
 @dataclass(frozen=True)
 class NativeStatus:
-    """The native library for a variant: `lib` (a NativeKernel factory) or why not (`reason`)."""
+    """The native library for a variant (`lib`, a NativeLibrary) or why it is unavailable (`reason`)."""
 
     lib: Any
     variant: str | None
@@ -42,30 +42,21 @@ class NativeStatus:
 @functools.lru_cache(maxsize=None)
 def native_status(variant: str | None = None) -> NativeStatus:
     """Build/load the native library once per process and variant (the compiled object is cached on
-    disk by native/build.py; this caches the loaded handle)."""
+    disk by native/build.py; this caches the answer, so a failed build is tried once)."""
     from .native.build import NativeBuildError
 
     try:
-        from . import native as native_mod
+        from .native import native_library
 
-        factory = getattr(native_mod, "NativeKernel", None)
-        if factory is None:
-            return NativeStatus(None, None, "the native kernel module is not built into this version")
-        probe = _native_probe(factory, variant)
-        return NativeStatus(factory, probe, "")
+        lib = native_library(variant)
+        return NativeStatus(lib, lib.variant(), "")
     except NativeBuildError as e:
         return NativeStatus(None, None, str(e))
-    except (ImportError, OSError) as e:
+    except (ImportError, OSError, AttributeError) as e:
         return NativeStatus(None, None, f"cannot load the native kernels: {e}")
 
 
-def _native_probe(factory: Any, variant: str | None) -> str:
-    """Load the library for `variant` (raises NativeBuildError); returns the variant actually loaded."""
-    k = factory(GGMLType.Q8_0, variant=variant)
-    return str(getattr(k, "variant", variant or ""))
-
-
-def native_kernel(ggml_type: GGMLType, variant: str | None = None) -> Kernel | None:
+def native_kernel(ggml_type: GGMLType, variant: str | None = None, what: str = "tensor") -> Kernel | None:
     """The native kernel for a type, or None when the library does not compute it. Raises
     NativeBuildError when the library cannot be built or loaded."""
     st = native_status(variant)
@@ -73,10 +64,13 @@ def native_kernel(ggml_type: GGMLType, variant: str | None = None) -> Kernel | N
         from .native.build import NativeBuildError
 
         raise NativeBuildError(st.reason)
-    supports = getattr(st.lib, "supports", None)
-    if supports is not None and not supports(ggml_type):
+    if not st.lib.supports(ggml_type):
         return None
-    return st.lib(ggml_type, variant=variant)
+    from .native import NativeKernel
+
+    k = NativeKernel(ggml_type, variant=variant, what=what)
+    k.name = f"native-{st.variant}"  # type: ignore[attr-defined]  (what kernel_summary counts)
+    return k
 
 
 def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", *, backend: str = "auto",
@@ -92,7 +86,7 @@ def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", *, backend: str = 
     if device_type != "cpu":
         return exact
     if backend == "native" or (backend == "auto" and native_status(variant).ok):
-        k = native_kernel(ggml_type, variant)
+        k = native_kernel(ggml_type, variant, what)
         if k is not None:
             return k
     if use == "linear" and ggml_type in int4pack.TYPES and int4pack.available():
