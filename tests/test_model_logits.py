@@ -67,18 +67,25 @@ def test_logits_match_ideal(name: str, backend: str) -> None:
         assert agree >= 0.6, (name, agree)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["convert-f32", "quantize-Q4_K_M", "quantize-Q5_1"])
-def test_batch_equals_token_by_token(name: str) -> None:
-    whole = all_logits(name)
-    with load_model(TINY_GGUF / f"{name}.gguf") as lm:
+def test_batch_equals_token_by_token(name: str, backend: str) -> None:
+    whole = all_logits(name, backend)
+    with load_model(TINY_GGUF / f"{name}.gguf", backend=backend) as lm:
         ctx = Context(lm, 512)
         steps = np.concatenate([ctx.decode([t]).numpy() for t in TOKENS])
         assert ctx.n_past == len(TOKENS)
         # physical batches of 5 after earlier tokens: the masked path
         ctx2 = Context(lm, 512, n_ubatch=5)
         chunked = ctx2.decode(TOKENS, logits="all").numpy()
-    np.testing.assert_allclose(steps, whole, atol=2e-5, rtol=0)
-    np.testing.assert_allclose(chunked, whole, atol=2e-5, rtol=0)
+        exact = set(lm.kernel_summary()) == {"torch-dequant"}
+    # float32 summation order only; kernels that quantize the activations (native: 8 bits per block, as
+    # llama.cpp) turn a last-bit difference of the hidden state into a flipped rounding step (measured up
+    # to 0.04 on the logits), so those get the quantization noise as tolerance and must keep every argmax
+    atol = 2e-5 if exact else 0.1
+    np.testing.assert_allclose(steps, whole, atol=atol, rtol=0)
+    np.testing.assert_allclose(chunked, whole, atol=atol, rtol=0)
+    assert (steps.argmax(1) == whole.argmax(1)).all() and (chunked.argmax(1) == whole.argmax(1)).all()
 
 
 def test_logits_rows_selection() -> None:
