@@ -20,7 +20,7 @@ import torch
 from llamakit.kernels import fused
 from llamakit.kernels.fused import FusedBlock
 from llamakit.kernels.native.build import NativeBuildError, cpu_variants
-from llamakit.model.llama import rope_cos_sin
+from llamakit.model.llama import Batch, rope_cos_sin
 from llamakit.runtime.loader import load_model
 
 from .conftest import TINY_GGUF
@@ -37,7 +37,7 @@ _models: dict[str, object] = {}
 
 def model(name: str):
     if name not in _models:
-        _models[name] = load_model(TINY_GGUF / FILES[name])
+        _models[name] = load_model(TINY_GGUF / FILES[name], backend="exact")  # file bytes, exact kernels
     return _models[name]
 
 
@@ -84,8 +84,9 @@ def torch_step(blk, x: torch.Tensor, seqs: list[int], poss: list[int], kc, vc, c
         while j < len(seqs) and seqs[j] == seqs[i] and poss[j] == poss[j - 1] + 1:
             j += 1
         s, p0 = seqs[i], poss[i]
+        rot = torch.complex(cos[p0:p0 + j - i], sin[p0:p0 + j - i])[:, None, :]
         with torch.no_grad():
-            out.append(blk(x[i:j], cos[p0:p0 + j - i], sin[p0:p0 + j - i], (kc[s], vc[s]), p0))
+            out.append(blk(x[i:j], rot, (kc, vc), Batch.single(s, p0, j - i)))
         i = j
     return torch.cat(out)
 
@@ -225,8 +226,8 @@ def test_full_model_logits(name: str) -> None:
     variant = cpu_variants()[0]
     lib = library(variant)
     n_ctx = 24
-    kv_ref = [(torch.zeros(cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16),
-               torch.zeros(cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16)) for _ in lm.blk]
+    kv_ref = [(torch.zeros(1, cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16),
+               torch.zeros(1, cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16)) for _ in lm.blk]
     blocks = []
     for blk in lm.blk:
         dims, linears = block_inputs(lib, blk)
@@ -238,7 +239,8 @@ def test_full_model_logits(name: str) -> None:
     start, agree, checked = 0, 0, 0
     for step in range(5):
         with torch.no_grad():
-            ref = lm(tokens, start, kv_ref, logits="all")
+            ref = lm(tokens, Batch.single(0, start, len(tokens)), kv_ref, {torch.device("cpu"): (cos, sin)},
+                     logits="all")
             h = lm.token_embd(tokens).contiguous()
             pos = torch.arange(start, start + len(tokens), dtype=torch.int32)
             for fb in blocks:

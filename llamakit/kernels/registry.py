@@ -5,6 +5,7 @@
     backend "torch":  torch kernels only: `Int4PackKernel` for Q4_0/Q4_1 linears on the CPU, the exact
                       dequantizing kernels for everything else (and for embeddings: row lookups)
     backend "auto":   "native" where it builds, else "torch" (`native_status` says why not, once)
+    backend "exact":  the exact dequantizing torch kernels only, over the file's bytes (the reference)
 
 Every kernel has `name` ("native-avx512", "torch-int4pack", "torch-dequant"), `prepare(w)` (once, at
 load: the working form of the file's rows; identity for torch-dequant), `linear(x, w, n_in)` and
@@ -22,7 +23,7 @@ from ..gguf.constants import GGMLType
 from . import int4pack
 from .torch_kernels import Kernel, torch_kernel_for
 
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = ("auto", "native", "torch", "exact")
 USES = ("linear", "rows")
 
 
@@ -83,7 +84,7 @@ def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", *, backend: str = 
         raise ValueError(f"use must be one of {USES}, not {use!r}")
     ggml_type = GGMLType(ggml_type)
     exact = torch_kernel_for(ggml_type, what=what)  # also the type check: IQ* and unknown types raise here
-    if device_type != "cpu":
+    if device_type != "cpu" or backend == "exact":
         return exact
     if backend == "native" or (backend == "auto" and native_status(variant).ok):
         k = native_kernel(ggml_type, variant, what)
