@@ -188,22 +188,29 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
         lk_vi isum[LK_NX];
         for (int r = 0; r < nx; r++) isum[r] = vi_zero();
         for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int half = 0; half < 2; half++) {
-                    lk_vi a[LK_NX];
-                    for (int r = 0; r < nx; r++) a[r] = vi_zero();
-                    for (int g = 4 * half; g < 4 * half + 4; g++) {
-                        lk_b64 ql = b64_load(w->ql[h][k & 1][g]), qh = b64_load(w->qh[h][g]);
-                        lk_b64 lo = k >> 1 ? b64_srl(ql, 4) : b64_and(ql, 0x0F);
-                        lk_b64 hi = b64_and(2 * k <= 4 ? b64_sll(qh, 4 - 2 * k) : b64_srl(qh, 2 * k - 4), 0x30);
-                        lk_b64 q = b64_or(lo, hi);
-                        for (int r = 0; r < nx; r++) a[r] = vi_dot(a[r], q, XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
-                    }
+            for (int half = 0; half < 2; half++) {
+                lk_vi a[4][LK_NX]; /* k = 0..3: sub-blocks 8h + 2k + half */
+                for (int k = 0; k < 4; k++)
+                    for (int r = 0; r < nx; r++) a[k][r] = vi_zero();
+                for (int g = 4 * half; g < 4 * half + 4; g++) {
+                    const lk_b64 ql0 = b64_load(w->ql[h][0][g]), ql1 = b64_load(w->ql[h][1][g]);
+                    const lk_b64 qh = b64_load(w->qh[h][g]);
+                    const lk_b64 q[4] = {
+                        b64_or(b64_and(ql0, 0x0F), b64_and(b64_sll(qh, 4), 0x30)),
+                        b64_or(b64_and(ql1, 0x0F), b64_and(b64_sll(qh, 2), 0x30)),
+                        b64_or(b64_srl(ql0, 4), b64_and(qh, 0x30)),
+                        b64_or(b64_srl(ql1, 4), b64_and(b64_srl(qh, 2), 0x30)),
+                    };
+                    for (int k = 0; k < 4; k++)
+                        for (int r = 0; r < nx; r++) a[k][r] = vi_dot(a[k][r], q[k], XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
+                }
+                for (int k = 0; k < 4; k++) {
                     const int j = 8 * h + 2 * k + half;
                     const lk_vi sc = vi_i8(w->sc[j]);
                     for (int r = 0; r < nx; r++)
-                        isum[r] = vi_add(isum[r], vi_mul(vi_sub(a[r], vi_set1(32 * XK(r, b)->bsums[j])), sc));
+                        isum[r] = vi_add(isum[r], vi_mul(vi_sub(a[k][r], vi_set1(32 * XK(r, b)->bsums[j])), sc));
                 }
+            }
         const lk_vf d = vf_f16(w->d);
         for (int r = 0; r < nx; r++) acc[r] = vf_fma(vf_cvt(isum[r]), vf_mul(d, vf_set1(XK(r, b)->d)), acc[r]);
     }

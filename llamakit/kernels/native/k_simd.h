@@ -51,6 +51,8 @@ LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x4) { return vi_dot(ac
 LK_INL lk_vi vi_add(lk_vi a, lk_vi b) { return _mm512_add_epi32(a, b); }
 LK_INL lk_vi vi_sub(lk_vi a, lk_vi b) { return _mm512_sub_epi32(a, b); }
 LK_INL lk_vi vi_mul(lk_vi a, lk_vi b) { return _mm512_mullo_epi32(a, b); }
+LK_INL lk_vi vi_and(lk_vi a, int32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(m)); }
+LK_INL lk_vi vi_srl(lk_vi a, int n) { return _mm512_srli_epi32(a, n); }
 LK_INL lk_vi vi_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 LK_INL lk_vi vi_i8(const int8_t *p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 LK_INL lk_vf vf_zero(void) { return _mm512_setzero_ps(); }
@@ -114,6 +116,11 @@ LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x4) {
 LK_INL lk_vi vi_add(lk_vi x, lk_vi y) { return (lk_vi){_mm256_add_epi32(x.a, y.a), _mm256_add_epi32(x.b, y.b)}; }
 LK_INL lk_vi vi_sub(lk_vi x, lk_vi y) { return (lk_vi){_mm256_sub_epi32(x.a, y.a), _mm256_sub_epi32(x.b, y.b)}; }
 LK_INL lk_vi vi_mul(lk_vi x, lk_vi y) { return (lk_vi){_mm256_mullo_epi32(x.a, y.a), _mm256_mullo_epi32(x.b, y.b)}; }
+LK_INL lk_vi vi_and(lk_vi x, int32_t m) {
+    __m256i k = _mm256_set1_epi32(m);
+    return (lk_vi){_mm256_and_si256(x.a, k), _mm256_and_si256(x.b, k)};
+}
+LK_INL lk_vi vi_srl(lk_vi x, int n) { return (lk_vi){_mm256_srli_epi32(x.a, n), _mm256_srli_epi32(x.b, n)}; }
 LK_INL lk_vi vi_u8(const uint8_t *p) {
     return (lk_vi){_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)),
                    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))};
@@ -174,6 +181,8 @@ LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x) {
 LK_INL lk_vi vi_add(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] += b.v[_i]; return a; }
 LK_INL lk_vi vi_sub(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] -= b.v[_i]; return a; }
 LK_INL lk_vi vi_mul(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] *= b.v[_i]; return a; }
+LK_INL lk_vi vi_and(lk_vi a, int32_t m) { LK_EACH(16) a.v[_i] &= m; return a; }
+LK_INL lk_vi vi_srl(lk_vi a, int n) { LK_EACH(16) a.v[_i] = (int32_t)((uint32_t)a.v[_i] >> n); return a; }
 LK_INL lk_vi vi_u8(const uint8_t *p) { lk_vi r; LK_EACH(16) r.v[_i] = p[_i]; return r; }
 LK_INL lk_vi vi_i8(const int8_t *p) { lk_vi r; LK_EACH(16) r.v[_i] = p[_i]; return r; }
 LK_INL lk_vf vf_zero(void) { lk_vf r; LK_EACH(16) r.v[_i] = 0.0f; return r; }

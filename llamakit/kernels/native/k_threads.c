@@ -6,6 +6,7 @@
  * at a time (a mutex serializes callers from several threads).
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -29,6 +30,7 @@ static struct {
     atomic_int next;          /* next task index */
     atomic_int active;        /* workers still in the current job */
     int job_workers;          /* workers taking part in the current job */
+    uint_fast64_t start_gen[LK_MAX_THREADS]; /* gen when worker i was created: jobs after it are its to run */
 } P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 1, 0};
 
 static inline void cpu_relax(void) {
@@ -50,7 +52,7 @@ static void run_tasks(void) {
 
 static void *worker(void *arg) {
     const int me = (int)(intptr_t)arg; /* 0-based worker index */
-    uint_fast64_t seen = atomic_load(&P.gen);
+    uint_fast64_t seen = P.start_gen[me]; /* not the gen now: a job may have started since creation */
     for (;;) {
         int64_t t0 = now_ns();
         int spins = 0;
@@ -85,6 +87,7 @@ LK_API int lk_set_threads(int n) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        P.start_gen[P.n_started] = atomic_load(&P.gen);
         int rc = pthread_create(&t, &attr, worker, (void *)(intptr_t)P.n_started);
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -117,6 +120,9 @@ LK_API void lk_parallel(lk_task_fn fn, void *ctx, int n_tasks) {
     if (P.sleepers) pthread_cond_broadcast(&P.cv);
     pthread_mutex_unlock(&P.mu);
     run_tasks();
-    while (atomic_load_explicit(&P.active, memory_order_acquire) > 0) cpu_relax();
+    for (int spins = 0; atomic_load_explicit(&P.active, memory_order_acquire) > 0; spins++) {
+        if (spins < 4096) cpu_relax();
+        else sched_yield(); /* a worker was descheduled (a busy machine): let it run */
+    }
     pthread_mutex_unlock(&P.job_mu);
 }
