@@ -195,11 +195,12 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
                 for (int g = 4 * half; g < 4 * half + 4; g++) {
                     const lk_b64 ql0 = b64_load(w->ql[h][0][g]), ql1 = b64_load(w->ql[h][1][g]);
                     const lk_b64 qh = b64_load(w->qh[h][g]);
+                    /* weight k: low nibble | qh bits 2k..2k+1 moved to bits 4-5 (16-bit shifts, then masks) */
                     const lk_b64 q[4] = {
-                        b64_or(b64_and(ql0, 0x0F), b64_and(b64_sll(qh, 4), 0x30)),
-                        b64_or(b64_and(ql1, 0x0F), b64_and(b64_sll(qh, 2), 0x30)),
-                        b64_or(b64_srl(ql0, 4), b64_and(qh, 0x30)),
-                        b64_or(b64_srl(ql1, 4), b64_and(b64_srl(qh, 2), 0x30)),
+                        b64_lo4_or(ql0, b64_and(b64_shl16(qh, 4), 0x30)),
+                        b64_lo4_or(ql1, b64_and(b64_shl16(qh, 2), 0x30)),
+                        b64_lo4_or(b64_shr16(ql0, 4), b64_and(qh, 0x30)),
+                        b64_lo4_or(b64_shr16(ql1, 4), b64_and(b64_shr16(qh, 2), 0x30)),
                     };
                     for (int k = 0; k < 4; k++)
                         for (int r = 0; r < nx; r++) a[k][r] = vi_dot(a[k][r], q[k], XK(r, b)->qs + 128 * h + 32 * k + 4 * g);

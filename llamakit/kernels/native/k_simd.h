@@ -38,6 +38,13 @@ LK_INL lk_b64 b64_or(lk_b64 a, lk_b64 b) { return _mm512_or_si512(a, b); }
 /* byte shifts: a 16-bit shift, then the bits that crossed from the neighbour byte are masked off */
 LK_INL lk_b64 b64_srl(lk_b64 a, int n) { return b64_and(_mm512_srli_epi16(a, n), (uint8_t)(0xFF >> n)); }
 LK_INL lk_b64 b64_sll(lk_b64 a, int n) { return b64_and(_mm512_slli_epi16(a, n), (uint8_t)(0xFF << n)); }
+/* raw 16-bit lane shifts (bits cross between the two bytes of a lane: mask afterwards) */
+LK_INL lk_b64 b64_shl16(lk_b64 a, int n) { return _mm512_slli_epi16(a, n); }
+LK_INL lk_b64 b64_shr16(lk_b64 a, int n) { return _mm512_srli_epi16(a, n); }
+/* (lo & 0x0F) | hi, for hi with no bits in 0x0F: one vpternlogd ((A & C) | B = 0xEC) */
+LK_INL lk_b64 b64_lo4_or(lk_b64 lo, lk_b64 hi) {
+    return _mm512_ternarylogic_epi32(lo, hi, _mm512_set1_epi8(0x0F), 0xEC);
+}
 /* t[b & 15] per byte (b < 16) */
 LK_INL lk_b64 b64_lut16(lk_b64 a, const uint8_t *t) {
     return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t)), a);
@@ -91,6 +98,9 @@ LK_INL lk_b64 b64_srl(lk_b64 v, int n) {
 LK_INL lk_b64 b64_sll(lk_b64 v, int n) {
     return b64_and((lk_b64){_mm256_slli_epi16(v.a, n), _mm256_slli_epi16(v.b, n)}, (uint8_t)(0xFF << n));
 }
+LK_INL lk_b64 b64_shl16(lk_b64 v, int n) { return (lk_b64){_mm256_slli_epi16(v.a, n), _mm256_slli_epi16(v.b, n)}; }
+LK_INL lk_b64 b64_shr16(lk_b64 v, int n) { return (lk_b64){_mm256_srli_epi16(v.a, n), _mm256_srli_epi16(v.b, n)}; }
+LK_INL lk_b64 b64_lo4_or(lk_b64 lo, lk_b64 hi) { return b64_or(b64_and(lo, 0x0F), hi); }
 LK_INL lk_b64 b64_lut16(lk_b64 v, const uint8_t *t) {
     __m256i tt = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
     return (lk_b64){_mm256_shuffle_epi8(tt, v.a), _mm256_shuffle_epi8(tt, v.b)};
@@ -167,6 +177,15 @@ LK_INL lk_b64 b64_and(lk_b64 a, uint8_t m) { LK_EACH(64) a.v[_i] &= m; return a;
 LK_INL lk_b64 b64_or(lk_b64 a, lk_b64 b) { LK_EACH(64) a.v[_i] |= b.v[_i]; return a; }
 LK_INL lk_b64 b64_srl(lk_b64 a, int n) { LK_EACH(64) a.v[_i] = (uint8_t)(a.v[_i] >> n); return a; }
 LK_INL lk_b64 b64_sll(lk_b64 a, int n) { LK_EACH(64) a.v[_i] = (uint8_t)(a.v[_i] << n); return a; }
+LK_INL lk_b64 b64_shl16(lk_b64 a, int n) {
+    LK_EACH(32) { uint16_t w = (uint16_t)(a.v[2 * _i] | a.v[2 * _i + 1] << 8); w = (uint16_t)(w << n); a.v[2 * _i] = (uint8_t)w; a.v[2 * _i + 1] = (uint8_t)(w >> 8); }
+    return a;
+}
+LK_INL lk_b64 b64_shr16(lk_b64 a, int n) {
+    LK_EACH(32) { uint16_t w = (uint16_t)(a.v[2 * _i] | a.v[2 * _i + 1] << 8); w = (uint16_t)(w >> n); a.v[2 * _i] = (uint8_t)w; a.v[2 * _i + 1] = (uint8_t)(w >> 8); }
+    return a;
+}
+LK_INL lk_b64 b64_lo4_or(lk_b64 lo, lk_b64 hi) { return b64_or(b64_and(lo, 0x0F), hi); }
 LK_INL lk_b64 b64_lut16(lk_b64 a, const uint8_t *t) { LK_EACH(64) a.v[_i] = t[a.v[_i] & 15]; return a; }
 LK_INL lk_vi vi_zero(void) { lk_vi r; memset(&r, 0, sizeof r); return r; }
 LK_INL lk_vi vi_set1(int32_t v) { lk_vi r; LK_EACH(16) r.v[_i] = v; return r; }

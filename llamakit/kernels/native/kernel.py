@@ -134,6 +134,8 @@ class NativeKernel:
         if row_bytes % self.type_size:
             raise ValueError(f"row of {row_bytes} bytes is not whole {self.ggml_type.name} blocks")
         cols = row_bytes // self.type_size * self.block_size
+        if rows == 0 or cols == 0:
+            return torch.zeros(rows, 0 if rows else row_bytes, dtype=torch.uint8)
         size = self.prepared_size(rows, cols)
         k = -(-size // rows)
         out = torch.zeros(rows, k, dtype=torch.uint8)
