@@ -136,7 +136,8 @@ LK_INL void k4_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t xs,
         for (int r = 0; r < nx; r++) isum[r] = msum[r] = vi_zero();
         for (int c = 0; c < 4; c++) {
             lk_vi a0[LK_NX], a1[LK_NX];
-            for (int r = 0; r < nx; r++) a0[r] = a1[r] = vi_zero();
+            lk_vs b0[LK_NX], b1[LK_NX]; /* Q4_K: 8 steps of 4-bit weights fit int16 pair sums */
+            for (int r = 0; r < nx; r++) a0[r] = a1[r] = vi_zero(), b0[r] = b1[r] = vs_zero();
             for (int g = 0; g < 8; g++) {
                 lk_b64 v = b64_load(qs[c][g]);
                 lk_b64 lo = b64_and(v, 0x0F), hi = b64_srl(v, 4);
@@ -146,10 +147,17 @@ LK_INL void k4_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t xs,
                     hi = b64_or(hi, b64_and(2 * c + 1 <= 4 ? b64_sll(h, 3 - 2 * c) : b64_srl(h, 2 * c - 3), 0x10));
                 }
                 for (int r = 0; r < nx; r++) {
-                    a0[r] = vi_dot(a0[r], lo, XK(r, b)->qs + 64 * c + 4 * g);
-                    a1[r] = vi_dot(a1[r], hi, XK(r, b)->qs + 64 * c + 32 + 4 * g);
+                    if (has_h) {
+                        a0[r] = vi_dot(a0[r], lo, XK(r, b)->qs + 64 * c + 4 * g);
+                        a1[r] = vi_dot(a1[r], hi, XK(r, b)->qs + 64 * c + 32 + 4 * g);
+                    } else {
+                        b0[r] = vs_dot(b0[r], lo, XK(r, b)->qs + 64 * c + 4 * g);
+                        b1[r] = vs_dot(b1[r], hi, XK(r, b)->qs + 64 * c + 32 + 4 * g);
+                    }
                 }
             }
+            if (!has_h)
+                for (int r = 0; r < nx; r++) a0[r] = vi_from_vs(b0[r]), a1[r] = vi_from_vs(b1[r]);
             const lk_vi s0 = vi_u8(w->sc[2 * c]), s1 = vi_u8(w->sc[2 * c + 1]);
             const lk_vi m0 = vi_u8(w->m[2 * c]), m1 = vi_u8(w->m[2 * c + 1]);
             for (int r = 0; r < nx; r++) {

@@ -12,6 +12,8 @@
  * Weights are unsigned bytes, activations signed int8. vi_dot needs w*x pair sums to fit int16 for the
  * avx2 path (w <= 128: 2*128*127 < 32768). vi_dot128 takes bytes w = q + 128 of a signed q and returns
  * sum(q*x) + DOT128_BIAS * 128*sum(x): the caller subtracts that bias using the activation block's sum.
+ * lk_vs / vs_dot: the same dot steps into accumulators that are int16 pairs on avx2 (widened once by
+ * vi_from_vs): only for 4-bit weights and at most 8 steps (8 * 2 * 15 * 127 < 32768).
  */
 #ifndef K_SIMD_H
 #define K_SIMD_H
@@ -55,6 +57,10 @@ LK_INL lk_vi vi_dot(lk_vi acc, lk_b64 w, const int8_t *x4) {
     return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(lk_rd32(x4)));
 }
 LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x4) { return vi_dot(acc, w, x4); }
+typedef lk_vi lk_vs;
+LK_INL lk_vs vs_zero(void) { return _mm512_setzero_si512(); }
+LK_INL lk_vs vs_dot(lk_vs acc, lk_b64 w, const int8_t *x4) { return vi_dot(acc, w, x4); }
+LK_INL lk_vi vi_from_vs(lk_vs a) { return a; }
 LK_INL lk_vi vi_add(lk_vi a, lk_vi b) { return _mm512_add_epi32(a, b); }
 LK_INL lk_vi vi_sub(lk_vi a, lk_vi b) { return _mm512_sub_epi32(a, b); }
 LK_INL lk_vi vi_mul(lk_vi a, lk_vi b) { return _mm512_mullo_epi32(a, b); }
@@ -113,6 +119,17 @@ LK_INL __m256i lk_dot8(__m256i w, __m256i x) {
 LK_INL lk_vi vi_dot(lk_vi acc, lk_b64 w, const int8_t *x4) {
     __m256i x = _mm256_set1_epi32(lk_rd32(x4));
     return (lk_vi){_mm256_add_epi32(acc.a, lk_dot8(w.a, x)), _mm256_add_epi32(acc.b, lk_dot8(w.b, x))};
+}
+/* int16 pair sums, widened once at the end (vs_dot: at most 8 steps of weights <= 15) */
+typedef struct { __m256i a, b; } lk_vs;
+LK_INL lk_vs vs_zero(void) { return (lk_vs){_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+LK_INL lk_vs vs_dot(lk_vs acc, lk_b64 w, const int8_t *x4) {
+    __m256i x = _mm256_set1_epi32(lk_rd32(x4));
+    return (lk_vs){_mm256_add_epi16(acc.a, _mm256_maddubs_epi16(w.a, x)), _mm256_add_epi16(acc.b, _mm256_maddubs_epi16(w.b, x))};
+}
+LK_INL lk_vi vi_from_vs(lk_vs v) {
+    const __m256i one = _mm256_set1_epi16(1);
+    return (lk_vi){_mm256_madd_epi16(v.a, one), _mm256_madd_epi16(v.b, one)};
 }
 /* signed q = w ^ 0x80: |q| * (x with q's sign) keeps vpmaddubsw's pair sums within int16 */
 LK_INL __m256i lk_dot8s(__m256i w, __m256i x) {
@@ -198,6 +215,10 @@ LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x) {
     return acc;
 }
 LK_INL lk_vi vi_add(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] += b.v[_i]; return a; }
+typedef lk_vi lk_vs;
+LK_INL lk_vs vs_zero(void) { return vi_zero(); }
+LK_INL lk_vs vs_dot(lk_vs acc, lk_b64 w, const int8_t *x4) { return vi_dot(acc, w, x4); }
+LK_INL lk_vi vi_from_vs(lk_vs a) { return a; }
 LK_INL lk_vi vi_sub(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] -= b.v[_i]; return a; }
 LK_INL lk_vi vi_mul(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] *= b.v[_i]; return a; }
 LK_INL lk_vi vi_and(lk_vi a, int32_t m) { LK_EACH(16) a.v[_i] &= m; return a; }
