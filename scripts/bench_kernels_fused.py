@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from llamakit.gguf.constants import GGMLType  # noqa: E402
 from llamakit.kernels import fused  # noqa: E402
 from llamakit.kernels.fused import FusedBlock  # noqa: E402
+from llamakit.kernels.native import NativeKernel  # noqa: E402
 from llamakit.quants import get_codec  # noqa: E402
 
 DIMS = {
@@ -33,20 +34,16 @@ DIMS = {
 }
 
 
-def make_block(lib: ctypes.CDLL, dims: dict, gtype: GGMLType, n_ctx: int, variant: str | None) -> FusedBlock:
+def make_block(dims: dict, gtype: GGMLType, n_ctx: int, variant: str | None) -> FusedBlock:
     g = torch.Generator().manual_seed(0)
     e, nq, nkv, ff = dims["n_embd"], dims["n_head"] * dims["head_dim"], dims["n_head_kv"] * dims["head_dim"], dims["n_ff"]
     shapes = {"attn_q": (nq, e), "attn_k": (nkv, e), "attn_v": (nkv, e), "attn_output": (e, nq),
               "ffn_gate": (ff, e), "ffn_up": (ff, e), "ffn_down": (e, ff)}
-    codec = get_codec(gtype)
-    lib.lk_prepare.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    codec, kernel = get_codec(gtype), NativeKernel(gtype, variant)
     linears: dict = {}
     for name, (rows, cols) in shapes.items():
         raw = codec.quantize(torch.randn(rows, cols, generator=g) * 0.05).contiguous()
-        out = torch.empty(lib.lk_prepared_size(int(gtype), rows, cols), dtype=torch.uint8)
-        if lib.lk_prepare(int(gtype), rows, cols, raw.data_ptr(), out.data_ptr()) != 0:
-            raise SystemExit(f"{gtype.name}: the native library cannot prepare it")
-        linears[name] = (int(gtype), out, rows, cols, None)
+        linears[name] = (int(gtype), kernel.prepare(raw.view(rows, -1)), rows, cols, None)
     linears["attn_norm"] = torch.ones(e)
     linears["ffn_norm"] = torch.ones(e)
     shape = (1, dims["n_head_kv"], n_ctx + 1, dims["head_dim"])
@@ -99,7 +96,7 @@ def main() -> None:
     print(f"{'model':10} {'type':6} {'thr':>3} {'us/call':>9} {'matmul':>8} {'rest':>7} {'py+ctypes':>9} {'cpu us':>8}")
     for m in a.models:
         for t in a.types:
-            fb = make_block(lib, DIMS[m], GGMLType[t], a.ctx, a.variant)
+            fb = make_block(DIMS[m], GGMLType[t], a.ctx, a.variant)
             ovh = call_overhead(fb, DIMS[m])
             for n in a.threads:
                 lib.lk_set_threads(n)

@@ -3,7 +3,7 @@
 The torch engine issues ~50 eager ops per block and token; `FusedBlock` does the whole block (norms,
 q/k/v/o matmuls, rope, K/V stores, attention, SwiGLU, residuals) in one ctypes call whose argument
 struct is built once: `__call__` only passes x, pos, seq (and cos/sin, cached while the same tensors come
-back). Weights must already be in the library's prepared form (`NativeKernel.prepare`).
+back). Weights must already be in the library's prepared form (`NativeKernel.prepare`, same variant).
 
     dims     n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, eps
     linears  attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down:
@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import InputError, LlamakitError
-from .native.build import load
+from .native import native_library
 
-NATIVE = Path(__file__).resolve().parent / "native"
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _FIELDS = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
            "ffn_down": "down"}
@@ -52,9 +50,8 @@ class FusedBlockError(LlamakitError):
 
 
 def _library(variant: str | None) -> ctypes.CDLL:
-    """The "lk" library (same sources and cache key as NativeKernel's, so the same loaded object and the
-    same thread pool)."""
-    lib, _ = load("lk", sorted(NATIVE.glob("k_*.c")), variant)
+    """The "lk" library NativeKernel uses (the same loaded object, so the same thread pool)."""
+    lib = native_library(variant).dll
     if not getattr(lib, "_lk_fused_ready", False):
         lib.lk_block_forward.argtypes = [_P, _I64, _P, _P, _P, _P, _P]
         lib.lk_block_forward.restype = ctypes.c_int
@@ -62,8 +59,6 @@ def _library(variant: str | None) -> ctypes.CDLL:
         lib.lk_block_reserve.restype = ctypes.c_int
         lib.lk_block_release.argtypes = [_P]
         lib.lk_block_release.restype = None
-        lib.lk_prepared_size.argtypes = [ctypes.c_int, _I64, _I64]
-        lib.lk_prepared_size.restype = ctypes.c_size_t
         lib._lk_fused_ready = True
     return lib
 
@@ -96,11 +91,11 @@ class FusedBlock:
             gtype, w, rows, cols, bias = linears[name]
             if (rows, cols) != shapes[name]:
                 raise InputError(f"fused block: {name} is {rows}x{cols}, expected {shapes[name][0]}x{shapes[name][1]}")
-            need = self.lib.lk_prepared_size(int(gtype), rows, cols)
-            if need == 0:
+            if not self.lib.lk_supports(int(gtype)):
                 raise FusedBlockError(f"fused block: {name}: ggml type {int(gtype)} has no native kernel")
+            need = self.lib.lk_prepared_size(int(gtype), rows, cols)
             _check(w, torch.uint8, tuple(w.shape), f"{name} weight")
-            if w.numel() != need:
+            if w.numel() < need:
                 raise InputError(f"fused block: {name}: {w.numel()} prepared bytes, the library wants {need}")
             lin = getattr(b, _FIELDS[name])
             lin.type, lin.rows, lin.cols, lin.w = int(gtype), rows, cols, w.data_ptr()
@@ -139,8 +134,7 @@ class FusedBlock:
             lib = _library(variant)
         except LlamakitError:
             return False
-        return all(lib.lk_prepared_size(int(linears[n][0]), int(linears[n][2]), int(linears[n][3])) > 0
-                   for n in LINEARS)
+        return all(lib.lk_supports(int(linears[n][0])) for n in LINEARS)
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor, seq: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> None:
