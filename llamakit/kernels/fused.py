@@ -139,14 +139,21 @@ class FusedBlock:
     def __call__(self, x: torch.Tensor, pos: torch.Tensor, seq: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> None:
         """x float32 (T, n_embd) updated in place; pos, seq int32 (T,); cos, sin float32 (n_ctx, n_rot/2).
-        Shapes are the caller's contract (checked once per new cos/sin pair, not per call)."""
+        x, pos and seq are checked on every call (what C would read past); cos/sin once per new pair."""
+        t = x.shape[0]
+        if (x.dtype != torch.float32 or x.shape[-1] != self.n_embd or not x.is_contiguous()
+                or pos.dtype != torch.int32 or seq.dtype != torch.int32 or pos.shape != (t,) or seq.shape != (t,)
+                or not pos.is_contiguous() or not seq.is_contiguous()):
+            raise InputError(f"fused block: x must be contiguous float32 (T, {self.n_embd}) and pos, seq "
+                             f"contiguous int32 (T,); got {x.dtype} {tuple(x.shape)}, {pos.dtype} "
+                             f"{tuple(pos.shape)}, {seq.dtype} {tuple(seq.shape)}")
         c, s, cp, sp = self._angles
         if cos is not c or sin is not s:
             _check(cos, torch.float32, (self.n_ctx, self.half), "cos")
             _check(sin, torch.float32, (self.n_ctx, self.half), "sin")
             cp, sp = cos.data_ptr(), sin.data_ptr()
             self._angles = (cos, sin, cp, sp)
-        rc = self._fwd(self._bp, x.shape[0], x.data_ptr(), pos.data_ptr(), seq.data_ptr(), cp, sp)
+        rc = self._fwd(self._bp, t, x.data_ptr(), pos.data_ptr(), seq.data_ptr(), cp, sp)
         if rc != 0:
             self._raise(rc, x, pos, seq)
 
