@@ -249,25 +249,29 @@ def main() -> None:
     sides = ["llamakit"] + (["llama.cpp"] if cpp_version else [])
     started = datetime.datetime.now(datetime.timezone.utc)
     rows: list[dict[str, Any]] = []
-    for path in a.models:
-        name, ftype = model_label(path)
-        for t in threads:
-            for kind, n in tests:
-                n_ctx = a.n_ctx or -(-n // 256) * 256
-                job = {"model": str(path), "threads": t, "kind": kind, "n": n, "n_ctx": n_ctx, "seed": a.seed}
-                runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
-                for rep in range(a.reps):
-                    for side in sides:  # interleaved: A B A B ...
-                        res = measure(side if side == "llamakit" else "llamacpp", job, a.timeout)
-                        runs[side].append(res)
-                        msg = f"{res['tps']:.2f} t/s" if "tps" in res else res["error"]
-                        print(f"  {name} t={t} {kind}{n} rep {rep + 1}/{a.reps} {side}: {msg}", file=sys.stderr,
-                              flush=True)
-                rows.append({"model": name, "type": ftype, "threads": t, "test": f"{kind}{n}", "n_ctx": n_ctx,
-                             "runs": runs,
-                             **{s: summary([r["tps"] for r in runs[s] if "tps" in r]) for s in sides}})
+    try:
+        for path in a.models:
+            name, ftype = model_label(path)
+            for t in threads:
+                for kind, n in tests:
+                    n_ctx = a.n_ctx or -(-n // 256) * 256
+                    job = {"model": str(path), "threads": t, "kind": kind, "n": n, "n_ctx": n_ctx, "seed": a.seed}
+                    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
+                    rows.append({"model": name, "type": ftype, "threads": t, "test": f"{kind}{n}", "n_ctx": n_ctx,
+                                 "runs": runs})
+                    for rep in range(a.reps):
+                        for side in sides:  # interleaved: A B A B ...
+                            res = measure(side if side == "llamakit" else "llamacpp", job, a.timeout)
+                            runs[side].append(res)
+                            msg = f"{res['tps']:.2f} t/s" if "tps" in res else res["error"]
+                            print(f"  {name} t={t} {kind}{n} rep {rep + 1}/{a.reps} {side}: {msg}",
+                                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # Ctrl-C: report what was measured so far
+        print("interrupted: the table holds the measurements finished so far", file=sys.stderr)
+    for row in rows:
+        row.update({s: summary([r["tps"] for r in row["runs"][s] if "tps" in r]) for s in sides})
     print(f"\n{started:%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"llama-cpp-python {cpp_version or 'absent'}; t/s median (min-max) of {a.reps}, "
+          f"llama-cpp-python {cpp_version or 'not measured'}; t/s median (min-max) of {a.reps}, "
           "ratio = llamakit / llama.cpp\n")
     print("\n".join(table(rows, cpp_version is not None)))
     errors = [(r["model"], r["test"], s, x["error"]) for r in rows for s in sides for x in r["runs"][s] if "error" in x]
