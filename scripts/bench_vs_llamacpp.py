@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import inspect
 import json
 import os
@@ -96,16 +97,15 @@ def llamakit_context(path: str, n_ctx: int, threads: int) -> tuple[Any, Any, dic
     how = []
     torch.set_num_threads(threads)
     how.append("torch.set_num_threads")
-    try:
-        from llamakit.kernels import native
-        for name in ("set_threads", "set_num_threads"):
-            fn = getattr(native, name, None)
-            if callable(fn):
-                fn(threads)
-                how.append(f"kernels.native.{name}")
-                break
-    except (ImportError, AttributeError):
-        pass
+    for module in ("llamakit.kernels.native", "llamakit.kernels"):  # the native library's pool, if it has a setter
+        try:
+            mod = importlib.import_module(module)
+            fn = next(f for f in (getattr(mod, n, None) for n in ("set_threads", "set_num_threads")) if callable(f))
+        except (ImportError, AttributeError, StopIteration):
+            continue
+        fn(threads)
+        how.append(f"{module}.{fn.__name__}")
+        break
 
     def thread_kw(fn: Any) -> dict[str, int]:
         params = inspect.signature(fn).parameters
