@@ -1,6 +1,7 @@
 """Block codecs, one per ggml type, looked up by type.
 
 `get_codec(GGMLType.Q8_0).quantize(rows)`; a type llamakit cannot compute raises UnsupportedError.
+`LAYOUTS[GGMLType.Q6_K]["scales"]`: a block format's named byte fields (layouts.py), for codecs and kernels.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .base import Codec, as_tensor
 from .floats import BF16, F16, F32
 from .iq4nl import IQ4_NL
 from .kquants import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K
+from .layouts import LAYOUTS, BlockLayout, Field
 from .legacy import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 
 CODECS = MappingProxyType({
@@ -32,4 +34,4 @@ def get_codec(ggml_type: GGMLType, what: str = "tensor") -> Codec:
         ) from None
 
 
-__all__ = ["CODECS", "Codec", "as_tensor", "get_codec"]
+__all__ = ["CODECS", "LAYOUTS", "BlockLayout", "Codec", "Field", "as_tensor", "get_codec"]

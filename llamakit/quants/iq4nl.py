@@ -1,6 +1,6 @@
 """IQ4_NL: 32-weight blocks of 4-bit indices into a fixed non-linear grid (ggml-quants.c).
 
-Block, 18 bytes:  d: f16 | qs[16]          x = d * kvalues[q]
+Block, 18 bytes (layouts.IQ4_NL):  d: f16 | qs[16]          x = d * kvalues[q]
 qs byte j holds the index of weight j (low nibble) and of weight j+16 (high nibble), as Q4_0.
 
 llamakit writes IQ4_NL only where llama-quantize does without an imatrix: as the fallback for Q2_K / Q3_K
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..gguf.constants import GGMLType
+from . import layouts as lay
 from .base import Codec, fp16_bytes, fp16_from_bytes
 from .legacy import pack_nibbles, unpack_nibbles
 from .search import GROUP_MAX_EPS, div, div_by, seq_sum, signed_absmax_cols
@@ -92,12 +93,11 @@ class IQ4_NL(Codec):
         d = d.masked_fill_(zero, 0.0)
         inv = torch.where(d != 0, div(1.0, d), torch.zeros_like(d))
         L = nearest_level(inv * xs, index).t()  # (B, 32) uint8
-        out = torch.cat((fp16_bytes(d[:, None]), pack_nibbles(L)), dim=1)
-        return self._rows_out(out, lead)
+        return self._rows_out(lay.IQ4_NL.join(d=fp16_bytes(d[:, None]), qs=pack_nibbles(L)), lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        d = fp16_from_bytes(b[:, :2])
-        idx = unpack_nibbles(b[:, 2:]).to(torch.int32)
+        p = lay.IQ4_NL.split(b)
+        idx = unpack_nibbles(p["qs"]).to(torch.int32)
         q = self._grid(b.device).index_select(0, idx.reshape(-1)).reshape(idx.shape)
-        return self._rows_out(q.mul_(d), lead)
+        return self._rows_out(q.mul_(fp16_from_bytes(p["d"])), lead)

@@ -1,6 +1,7 @@
 """The 256-weight super-block formats Q2_K..Q6_K and Q8_K (ggml-quants.c, ggml-common.h).
 
-Byte layouts (little-endian). Element e of a super-block is written e = 128*h + 32*k + l (h half, l < 32):
+Byte layouts (little-endian; the byte offsets live in layouts.py). Element e of a super-block is written
+e = 128*h + 32*k + l (h half, l < 32):
     Q2_K  84 bytes:  scales[16] | qs[64] | d: f16 | dmin: f16
           q = qs[32h + l] >> 2k & 3;  scales[e//16]: low nibble scale, high nibble min
           x = d*sc*q - dmin*m
@@ -31,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..gguf.constants import GGMLType
+from . import layouts as lay
 from .base import Codec, fp16_bytes, fp16_from_bytes, nearest_int
 from .legacy import _f32
 from .search import GROUP_MAX_EPS, div, div_by, make_q3, make_qkx2, make_qx, seq_sum, signed_absmax_cols, sqrt_f32
@@ -184,16 +186,17 @@ class Q2_K(_KQuant):
         msub = fp16_round(dmin) * (sc >> 4).to(torch.float32)
         L = _requantize(xb.reshape(nb, 16, 16), dsub, msub, L, 0, 3)
         q = pack_2bit(L.reshape(nb, 256).to(torch.uint8))
-        return torch.cat((sc, q, fp16_bytes(d), fp16_bytes(dmin)), dim=1)
+        return lay.Q2_K.join(scales=sc, qs=q, d=fp16_bytes(d), dmin=fp16_bytes(dmin))
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         n = b.shape[0]
-        dm = fp16_from_bytes(b[:, 80:84])  # (n, 2): d, dmin
-        sc = b[:, :16]
+        p = lay.Q2_K.split(b)
+        dm = fp16_from_bytes(b[:, lay.Q2_K.span("d", "dmin")])  # (n, 2): d, dmin
+        sc = p["scales"]
         scale = dm[:, :1] * (sc & 15).to(torch.float32)  # (n, 16)
         mins = dm[:, 1:] * (sc >> 4).to(torch.float32)
-        y = _f32(unpack_2bit(b[:, 16:80]).reshape(n, 16, 16)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
+        y = _f32(unpack_2bit(p["qs"]).reshape(n, 16, 16)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -221,21 +224,24 @@ class Q3_K(_KQuant):
         L = L.reshape(nb, 256).to(torch.uint8)
         high = L > 3
         q = pack_2bit(torch.where(high, L - 4, L))
-        return torch.cat((pack_hbits(high.to(torch.uint8)), q, lo, hi, fp16_bytes(d)), dim=1)
+        return lay.Q3_K.join(hmask=pack_hbits(high.to(torch.uint8)), qs=q, scales=torch.cat((lo, hi), dim=1),
+                             d=fp16_bytes(d))
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         n = b.shape[0]
-        d = fp16_from_bytes(b[:, 108:110])
-        scale = d * unpack_q3_scales(b[:, 96:108]).to(torch.float32)  # (n, 16)
-        q = unpack_2bit(b[:, 32:96]).view(torch.int8) - ((unpack_hbits(b[:, :32]) ^ 1) << 2).view(torch.int8)
+        p = lay.Q3_K.split(b)
+        scale = fp16_from_bytes(p["d"]) * unpack_q3_scales(p["scales"]).to(torch.float32)  # (n, 16)
+        q = unpack_2bit(p["qs"]).view(torch.int8) - ((unpack_hbits(p["hmask"]) ^ 1) << 2).view(torch.int8)
         y = _f32(q.reshape(n, 16, 16)).mul_(scale[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
-def _k4_search(xb: torch.Tensor, nmax: int, rmin: float, nstep: int) -> torch.Tensor:
+def _k4_search(xb: torch.Tensor, nmax: int, rmin: float,
+               nstep: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Q4_K / Q5_K ref: per 32-weight sub-block, weights av_x + |x| and make_qkx2_quants; then 6-bit scales
-    and mins against d = max_scale/63, dmin = max_min/63; then requantization. Returns (d, dmin, ls, lm, L)."""
+    and mins against d = max_scale/63, dmin = max_min/63; then requantization. Returns the d, dmin and scales
+    fields (bytes) and the levels L, float32 (nb, 256)."""
     nb = xb.shape[0]
     xs = sub_blocks(xb, 32)
     av_x = sqrt_f32(div_by(seq_sum(xs * xs), 32.0))
@@ -252,7 +258,8 @@ def _k4_search(xb: torch.Tensor, nmax: int, rmin: float, nstep: int) -> torch.Te
     dsub = fp16_round(d) * ls.to(torch.float32)
     msub = fp16_round(dmin) * lm.to(torch.float32)
     L = _requantize(xb.reshape(nb, 8, 32), dsub, msub, L, 0, nmax)
-    return torch.cat((fp16_bytes(d), fp16_bytes(dmin), pack_k4_scales(ls, lm)), dim=1), L.reshape(nb, 256)
+    head = {"d": fp16_bytes(d), "dmin": fp16_bytes(dmin), "scales": pack_k4_scales(ls, lm)}
+    return head, L.reshape(nb, 256)
 
 
 class Q4_K(_KQuant):
@@ -260,16 +267,17 @@ class Q4_K(_KQuant):
 
     def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
         head, L = _k4_search(xb, 15, -1.0, 20)
-        return torch.cat((head, pack_4bit(L.to(torch.uint8))), dim=1)
+        return lay.Q4_K.join(**head, qs=pack_4bit(L.to(torch.uint8)))
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         n = b.shape[0]
-        dm = fp16_from_bytes(b[:, :4])
-        sc, m = unpack_k4_scales(b[:, 4:16])
+        p = lay.Q4_K.split(b)
+        dm = fp16_from_bytes(b[:, lay.Q4_K.span("d", "dmin")])  # (n, 2): d, dmin
+        sc, m = unpack_k4_scales(p["scales"])
         scale = dm[:, :1] * sc.to(torch.float32)  # (n, 8)
         mins = dm[:, 1:] * m.to(torch.float32)
-        y = _f32(unpack_4bit(b[:, 16:144]).reshape(n, 8, 32)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
+        y = _f32(unpack_4bit(p["qs"]).reshape(n, 8, 32)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
@@ -279,29 +287,30 @@ class Q5_K(_KQuant):
     def _quantize_blocks(self, xb: torch.Tensor) -> torch.Tensor:
         head, L = _k4_search(xb, 31, -0.5, 15)
         L = L.to(torch.uint8)
-        return torch.cat((head, pack_hbits(L >> 4), pack_4bit(L & 15)), dim=1)
+        return lay.Q5_K.join(**head, qh=pack_hbits(L >> 4), qs=pack_4bit(L & 15))
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         n = b.shape[0]
-        dm = fp16_from_bytes(b[:, :4])
-        sc, m = unpack_k4_scales(b[:, 4:16])
+        p = lay.Q5_K.split(b)
+        dm = fp16_from_bytes(b[:, lay.Q5_K.span("d", "dmin")])  # (n, 2): d, dmin
+        sc, m = unpack_k4_scales(p["scales"])
         scale = dm[:, :1] * sc.to(torch.float32)
         mins = dm[:, 1:] * m.to(torch.float32)
-        q = unpack_4bit(b[:, 48:176]) | (unpack_hbits(b[:, 16:48]) << 4)
+        q = unpack_4bit(p["qs"]) | (unpack_hbits(p["qh"]) << 4)
         y = _f32(q.reshape(n, 8, 32)).mul_(scale[:, :, None]).sub_(mins[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
 
-def pack_q6(L: torch.Tensor) -> torch.Tensor:
-    """uint8 (n, 256) of values < 64 -> ql (n, 128) | qh (n, 64); the inverse of unpack_q6."""
+def pack_q6(L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (n, 256) of values < 64 -> ql (n, 128), qh (n, 64); the inverse of unpack_q6."""
     n = L.shape[0]
     a = L.reshape(n, 2, 4, 32)  # [h, k, l]
     lo = a & 15
     ql = torch.cat((lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)), dim=2)  # (n, 2, 64)
     hb = a >> 4
     qh = hb[:, :, 0] | (hb[:, :, 1] << 2) | (hb[:, :, 2] << 4) | (hb[:, :, 3] << 6)  # (n, 2, 32)
-    return torch.cat((ql.reshape(n, 128), qh.reshape(n, 64)), dim=1)
+    return ql.reshape(n, 128), qh.reshape(n, 64)
 
 
 class Q6_K(_KQuant):
@@ -322,15 +331,16 @@ class Q6_K(_KQuant):
         dsub = fp16_round(d) * sc.to(torch.float32)
         q = nearest_int(xb.reshape(nb, 16, 16) / dsub[..., None]).clamp_(-32, 31).to(torch.float32) + 32
         L = torch.where((dsub != 0)[..., None], q, L).reshape(nb, 256).to(torch.uint8)
-        out = torch.cat((pack_q6(L), as_u8(sc), fp16_bytes(d)), dim=1)
+        ql, qh = pack_q6(L)
+        out = lay.Q6_K.join(ql=ql, qh=qh, scales=as_u8(sc), d=fp16_bytes(d))
         return torch.where(zero, torch.zeros_like(out), out)  # C memsets an all-tiny super-block
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
         n = b.shape[0]
-        d = fp16_from_bytes(b[:, 208:210])
-        scale = d * b[:, 192:208].view(torch.int8).to(torch.float32)  # (n, 16)
-        q = unpack_q6(b[:, :128], b[:, 128:192]).view(torch.int8) - 32
+        p = lay.Q6_K.split(b)
+        scale = fp16_from_bytes(p["d"]) * p["scales"].view(torch.int8).to(torch.float32)  # (n, 16)
+        q = unpack_q6(p["ql"], p["qh"]).view(torch.int8) - 32
         y = _f32(q.reshape(n, 16, 16)).mul_(scale[:, :, None])
         return self._rows_out(y.reshape(n, 256), lead)
 
@@ -340,5 +350,5 @@ class Q8_K(Codec):
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        d = b[:, :4].contiguous().view(torch.float32)
-        return self._rows_out(_f32(b[:, 4:260].view(torch.int8)).mul_(d), lead)
+        d = lay.Q8_K.typed(b, "d")  # (n, 1) float32
+        return self._rows_out(_f32(lay.Q8_K.split(b)["qs"].view(torch.int8)).mul_(d), lead)

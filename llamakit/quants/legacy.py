@@ -1,6 +1,6 @@
 """The 32-weight block formats (ggml-quants.c quantize_row_q*_ref / dequantize_row_q*).
 
-Block layouts (little-endian, ggml-common.h):
+Block layouts (little-endian, ggml-common.h; byte offsets in layouts.py):
     Q4_0  18 bytes:  d: f16 | qs[16]                       x = d * (q - 8)
     Q4_1  20 bytes:  d: f16 | m: f16 | qs[16]              x = d * q + m
     Q5_0  22 bytes:  d: f16 | qh[4] | qs[16]               x = d * (q - 16)
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..gguf.constants import GGMLType
+from . import layouts as lay
 from .base import Codec, div, div_by, fp16_bytes, fp16_from_bytes, roundf
 
 
@@ -114,12 +115,12 @@ class Q4_0(Codec):
         xb, lead = self._blocks_in(x)
         d = div_by(signed_absmax(xb), -8.0)
         q = trunc_u8((xb * safe_inverse(d)).add_(8.5)).clamp_(max=15)
-        return self._rows_out(torch.cat((fp16_bytes(d), pack_nibbles(q)), dim=1), lead)
+        return self._rows_out(lay.Q4_0.join(d=fp16_bytes(d), qs=pack_nibbles(q)), lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        d = fp16_from_bytes(b[:, :2])
-        return self._rows_out(_nibbles_f32(b[:, 2:]).sub_(8).mul_(d), lead)
+        p = lay.Q4_0.split(b)
+        return self._rows_out(_nibbles_f32(p["qs"]).sub_(8).mul_(fp16_from_bytes(p["d"])), lead)
 
 
 class Q4_1(Codec):
@@ -130,12 +131,13 @@ class Q4_1(Codec):
         mn, mx = first_min_max(xb)
         d = div_by(mx - mn, 15.0)
         q = trunc_u8((xb - mn).mul_(safe_inverse(d)).add_(0.5)).clamp_(max=15)
-        return self._rows_out(torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_nibbles(q)), dim=1), lead)
+        return self._rows_out(lay.Q4_1.join(d=fp16_bytes(d), m=fp16_bytes(mn), qs=pack_nibbles(q)), lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        dm = fp16_from_bytes(b[:, :4])  # (n, 2): d, m
-        return self._rows_out(_nibbles_f32(b[:, 4:]).mul_(dm[:, :1]).add_(dm[:, 1:]), lead)
+        dm = fp16_from_bytes(b[:, lay.Q4_1.span("d", "m")])  # (n, 2): d, m
+        qs = lay.Q4_1.split(b)["qs"]
+        return self._rows_out(_nibbles_f32(qs).mul_(dm[:, :1]).add_(dm[:, 1:]), lead)
 
 
 class Q5_0(Codec):
@@ -145,14 +147,14 @@ class Q5_0(Codec):
         xb, lead = self._blocks_in(x)
         d = div_by(signed_absmax(xb), -16.0)
         q = trunc_u8((xb * safe_inverse(d)).add_(16.5)).clamp_(max=31)
-        out = torch.cat((fp16_bytes(d), pack_bits32(q >> 4), pack_nibbles(q & 15)), dim=1)
+        out = lay.Q5_0.join(d=fp16_bytes(d), qh=pack_bits32(q >> 4), qs=pack_nibbles(q & 15))
         return self._rows_out(out, lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        d = fp16_from_bytes(b[:, :2])
-        q = unpack_nibbles(b[:, 6:]) | (unpack_bits32(b[:, 2:6]) << 4)
-        return self._rows_out(_f32(q).sub_(16).mul_(d), lead)
+        p = lay.Q5_0.split(b)
+        q = unpack_nibbles(p["qs"]) | (unpack_bits32(p["qh"]) << 4)
+        return self._rows_out(_f32(q).sub_(16).mul_(fp16_from_bytes(p["d"])), lead)
 
 
 class Q5_1(Codec):
@@ -163,13 +165,15 @@ class Q5_1(Codec):
         mn, mx = first_min_max(xb)
         d = div_by(mx - mn, 31.0)
         q = trunc_u8((xb - mn).mul_(safe_inverse(d)).add_(0.5))  # no clamp in C: (x-min)*id <= 31 + rounding
-        out = torch.cat((fp16_bytes(d), fp16_bytes(mn), pack_bits32((q >> 4) & 1), pack_nibbles(q & 15)), dim=1)
+        out = lay.Q5_1.join(d=fp16_bytes(d), m=fp16_bytes(mn), qh=pack_bits32((q >> 4) & 1),
+                            qs=pack_nibbles(q & 15))
         return self._rows_out(out, lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        dm = fp16_from_bytes(b[:, :4])
-        q = unpack_nibbles(b[:, 8:]) | (unpack_bits32(b[:, 4:8]) << 4)
+        p = lay.Q5_1.split(b)
+        dm = fp16_from_bytes(b[:, lay.Q5_1.span("d", "m")])  # (n, 2): d, m
+        q = unpack_nibbles(p["qs"]) | (unpack_bits32(p["qh"]) << 4)
         return self._rows_out(_f32(q).mul_(dm[:, :1]).add_(dm[:, 1:]), lead)
 
 
@@ -182,10 +186,9 @@ class Q8_0(Codec):
         d = div_by(amax, 127.0)
         inv = safe_inverse(d)  # from the f32 d, before fp16 rounding
         q = roundf(xb * inv).to(torch.int8)
-        out = torch.cat([fp16_bytes(d), q.view(torch.uint8)], dim=1)
-        return self._rows_out(out, lead)
+        return self._rows_out(lay.Q8_0.join(d=fp16_bytes(d), qs=q), lead)
 
     def dequantize(self, data: torch.Tensor) -> torch.Tensor:
         b, lead = self._bytes_in(data)
-        d = fp16_from_bytes(b[:, :2])
-        return self._rows_out(_f32(b[:, 2:].view(torch.int8)).mul_(d), lead)
+        p = lay.Q8_0.split(b)
+        return self._rows_out(_f32(p["qs"].view(torch.int8)).mul_(fp16_from_bytes(p["d"])), lead)
