@@ -301,7 +301,8 @@ def quantize(
                                 description=f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
 
             try:
-                result = run_quantize(plan, out, threads=threads, progress=advance)
+                result = run_quantize(plan, out, threads=threads, progress=advance,
+                                      notify=lambda m: err.print(f"[yellow]note:[/] {m}", markup=True, soft_wrap=True))
             except KeyboardInterrupt:
                 raise LlamakitError(f"{out}: interrupted; nothing was written") from None
         if plan.fallback_summary:
@@ -471,3 +472,7 @@ def bench(
                     typer.echo("\n".join(lines[:2]))
                     header_done = True
                 typer.echo(markdown_table(rows)[-1])
+
+
+if __name__ == "__main__":  # python -m llamakit.cli
+    app()

@@ -295,6 +295,20 @@ class GGUFReader:
             info = self.tensor(info)
         return np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
+    def release(self, info: TensorInfo) -> None:
+        """Drop the tensor's pages from this process's resident memory (madvise MADV_DONTNEED on the whole
+        pages inside its range; the map is read-only, so a later read simply faults them in again from the
+        page cache). A streaming pass calls this once a tensor is done, so its RSS stays bounded whatever
+        the file's size."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is None or getattr(self, "_buf", None) is None:
+            return
+        page = mmap.PAGESIZE
+        lo = -(-info.offset // page) * page
+        hi = (info.offset + info.nbytes) // page * page
+        if hi > lo:
+            self._mmap.madvise(advice, lo, hi - lo)
+
     def close(self) -> None:
         """Release the map; views returned by tensor_data must be dropped first."""
         buf = getattr(self, "_buf", None)

@@ -22,7 +22,9 @@ from ..gguf.constants import GGML_BLOCK, GGMLType
 from .native.build import HERE, NativeBuildError, load
 
 # Bit-exactness with the torch codecs (and ggml): no FMA contraction, whatever the variant's -mfma.
-EXTRA_FLAGS = ("-ffp-contract=off",)
+# -fno-trapping-math changes no value (only FP exception flags, which nothing reads); it lets the compiler
+# turn the searches' per-lane selects into SIMD blends.
+EXTRA_FLAGS = ("-ffp-contract=off", "-fno-trapping-math")
 TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K,
                    GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL})
 SOURCES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})

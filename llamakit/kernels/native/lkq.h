@@ -81,9 +81,8 @@ static inline int32_t lkq_cvt_i32(float v) {
 
 /* torch.round: half to even; NaN and |x| >= 2^23 (already integers) pass through */
 static inline float lkq_round_even(float x) {
-    float a = fabsf(x);
-    if (!(a < 8388608.0f)) return x;
-    return copysignf((a + 8388608.0f) - 8388608.0f, x);
+    float a = fabsf(x), r = copysignf((a + 8388608.0f) - 8388608.0f, x);
+    return a < 8388608.0f ? r : x; /* a select, so that loops over lanes vectorise */
 }
 
 /* base.roundf (C roundf): half away from zero */

@@ -15,67 +15,97 @@ static inline float level(float iscale, float xm, float nmax) {
 /* search.finite_or_zero */
 static inline float finite_or_zero(float v) { return isfinite(v) ? v : 0.0f; }
 
-/* search.make_qkx2 for one sub-block of n <= 32 weights: returns the scale, *neg_min = -min, L (floats) */
-static float make_qkx2(int n, const float *x, const float *w, float nmax, float rmin, float rdelta, int nstep,
-                       int use_mad, float *neg_min, float *L) {
-    float mn = x[0], mx = x[0], sum_w = w[0], sum_x = w[0] * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < mn) mn = x[i];
-        if (x[i] > mx) mx = x[i];
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
+/* Lanes: the searches run on NL sub-blocks at once, stored element-major (x[i][b] = weight i of sub-block
+ * b), exactly the torch code's layout: every `for (b ...)` loop below is one elementwise torch op, which
+ * the compiler turns into SIMD. Each lane keeps its own sums in index order, so the float32 results are
+ * those of the one-sub-block C loops; only the latency of the serial sums is hidden. */
+#define NL 16
+
+/* search.make_qkx2 on NL sub-blocks of n <= 32 weights: scale[b], neg_min[b] = -min, L[i][b] (floats) */
+static inline __attribute__((always_inline)) void make_qkx2(int n, const float (*x)[NL], const float (*w)[NL],
+        float nmax, float rmin, float rdelta, int nstep, int use_mad, float *scale, float *neg_min, float (*L)[NL]) {
+    float mn[NL], mx[NL], sum_w[NL], sum_x[NL], iscale[NL], best[NL], win_is[NL], win_mn[NL];
+    int flat[NL];
+    for (int b = 0; b < NL; ++b) {
+        mn[b] = mx[b] = x[0][b];
+        sum_w[b] = w[0][b];
+        sum_x[b] = w[0][b] * x[0][b];
     }
-    if (mn > 0) mn = 0.0f;
-    if (mx == mn) { /* flat: no candidate can win (D == 0), scale and L are 0 */
-        for (int i = 0; i < n; ++i) L[i] = 0.0f;
-        *neg_min = -mn;
-        return 0.0f;
+    for (int i = 1; i < n; ++i)
+        for (int b = 0; b < NL; ++b) {
+            mn[b] = x[i][b] < mn[b] ? x[i][b] : mn[b];
+            mx[b] = x[i][b] > mx[b] ? x[i][b] : mx[b];
+            sum_w[b] += w[i][b];
+            sum_x[b] += w[i][b] * x[i][b];
+        }
+    for (int b = 0; b < NL; ++b) {
+        mn[b] = mn[b] > 0 ? 0.0f : mn[b];
+        flat[b] = mx[b] == mn[b]; /* L = 0, scale 0: no candidate can win (D == 0) */
+        float is = nmax / (mx[b] - mn[b]);
+        scale[b] = 1.0f / is; /* from the raw iscale: 1/inf = 0, as C */
+        iscale[b] = finite_or_zero(is);
+        best[b] = 0.0f;
+        win_is[b] = iscale[b];
+        win_mn[b] = mn[b];
     }
-    float iscale = nmax / (mx - mn);
-    float scale = 1.0f / iscale;
-    iscale = finite_or_zero(iscale);
-    float best = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        float la = level(iscale, x[i] - mn, nmax);
-        float diff = scale * la + mn - x[i];
-        best += w[i] * (use_mad ? fabsf(diff) : diff * diff);
-    }
-    float win_iscale = iscale, win_mn = mn, la[32];
+    for (int i = 0; i < n; ++i)
+        for (int b = 0; b < NL; ++b) {
+            float la = level(iscale[b], x[i][b] - mn[b], nmax);
+            float diff = scale[b] * la + mn[b] - x[i][b];
+            best[b] += w[i][b] * (use_mad ? fabsf(diff) : diff * diff);
+        }
+    float la[32][NL];
     for (int is = 0; is <= nstep; ++is) {
         float c = (rmin + rdelta * (float)is) + nmax;
-        float isc = finite_or_zero(c / (mx - mn));
-        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            float l = level(isc, x[i] - mn, nmax);
-            float wl = w[i] * l;
-            la[i] = l;
-            sum_l += wl;
-            sum_l2 += wl * l;
-            sum_xl += wl * x[i];
+        float isc[NL], sum_l[NL], sum_l2[NL], sum_xl[NL], mad[NL], ts[NL], tm[NL];
+        for (int b = 0; b < NL; ++b) {
+            isc[b] = finite_or_zero(c / (mx[b] - mn[b]));
+            sum_l[b] = sum_l2[b] = sum_xl[b] = mad[b] = 0.0f;
         }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-        float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-        if (this_min > 0) {
-            this_min = 0.0f;
-            this_scale = sum_xl / sum_l2;
+        for (int i = 0; i < n; ++i)
+            for (int b = 0; b < NL; ++b) {
+                float l = level(isc[b], x[i][b] - mn[b], nmax);
+                float wl = w[i][b] * l;
+                la[i][b] = l;
+                sum_l[b] += wl;
+                sum_l2[b] += wl * l;
+                sum_xl[b] += wl * x[i][b];
+            }
+        for (int b = 0; b < NL; ++b) {
+            float D = sum_w[b] * sum_l2[b] - sum_l[b] * sum_l[b];
+            float this_scale = (sum_w[b] * sum_xl[b] - sum_x[b] * sum_l[b]) / D;
+            float this_min = (sum_l2[b] * sum_x[b] - sum_l[b] * sum_xl[b]) / D;
+            int pos = this_min > 0;
+            tm[b] = pos ? 0.0f : this_min;
+            ts[b] = pos ? sum_xl[b] / sum_l2[b] : this_scale;
+            sum_l[b] = D; /* reused: D */
         }
-        float mad = 0.0f;
-        for (int i = 0; i < n; ++i) {
-            float diff = la[i] * this_scale + this_min - x[i];
-            mad += (use_mad ? fabsf(diff) : diff * diff) * w[i];
-        }
-        if (D > 0 && mad < best) {
-            win_iscale = isc;
-            win_mn = mn;
-            best = mad;
-            scale = this_scale;
-            mn = this_min;
+        for (int i = 0; i < n; ++i)
+            for (int b = 0; b < NL; ++b) {
+                float diff = la[i][b] * ts[b] + tm[b] - x[i][b];
+                mad[b] += (use_mad ? fabsf(diff) : diff * diff) * w[i][b];
+            }
+        for (int b = 0; b < NL; ++b) {
+            int take = sum_l[b] > 0 && mad[b] < best[b];
+            win_is[b] = take ? isc[b] : win_is[b];
+            win_mn[b] = take ? mn[b] : win_mn[b];
+            best[b] = take ? mad[b] : best[b];
+            scale[b] = take ? ts[b] : scale[b];
+            mn[b] = take ? tm[b] : mn[b];
         }
     }
-    for (int i = 0; i < n; ++i) L[i] = level(win_iscale, x[i] - win_mn, nmax);
-    *neg_min = -mn;
-    return scale;
+    for (int i = 0; i < n; ++i)
+        for (int b = 0; b < NL; ++b) L[i][b] = flat[b] ? 0.0f : level(win_is[b], x[i][b] - win_mn[b], nmax);
+    for (int b = 0; b < NL; ++b) {
+        scale[b] = flat[b] ? 0.0f : scale[b];
+        neg_min[b] = -mn[b];
+    }
+}
+
+/* NL sub-blocks of n weights, contiguous (sub-block b at x + n*b) -> element-major */
+static void to_lanes(int n, const float *x, float (*xl)[NL]) {
+    for (int b = 0; b < NL; ++b)
+        for (int i = 0; i < n; ++i) xl[i][b] = x[n * b + i];
 }
 
 /* the final requantization: clamp(nearest_int((x + dm)/d), lo, hi) where d != 0, else the search's L */
@@ -119,80 +149,102 @@ static void pack_k4_scales(const uint8_t *ls, const uint8_t *lm, uint8_t *s) {
     }
 }
 
+/* one Q2_K super-block from its scales/mins/levels (the search done) */
+static void q2_k_finish(const float *x, const float *scales, const float *mins, float *L, uint8_t *y) {
+    float max_scale = lkq_positive_max(scales, 16), max_min = lkq_positive_max(mins, 16);
+    int has_s = max_scale > 0, has_m = max_min > 0;
+    float inv_s = 15.0f / max_scale, inv_m = 15.0f / max_min;
+    uint8_t *sc = y;
+    for (int j = 0; j < 16; ++j) {
+        uint8_t s = has_s ? as_u8(lkq_nearest_int(inv_s * scales[j])) : 0;
+        uint8_t m = has_m ? as_u8(lkq_nearest_int(inv_m * mins[j])) : 0;
+        sc[j] = (uint8_t)(s | (m << 4));
+    }
+    float d = has_s ? max_scale / 15.0f : 0.0f, dmin = has_m ? max_min / 15.0f : 0.0f;
+    float df = lkq_f16_round(d), mf = lkq_f16_round(dmin);
+    for (int j = 0; j < 16; ++j)
+        requantize(16, x + 16 * j, df * (float)(sc[j] & 15), mf * (float)(sc[j] >> 4), L + 16 * j, 0, 3);
+    uint8_t Lq[QK_K];
+    for (int i = 0; i < QK_K; ++i) Lq[i] = (uint8_t)lkq_cvt_i32(L[i]);
+    pack_2bit(Lq, y + 16);
+    lkq_put_f16(y + 80, d);
+    lkq_put_f16(y + 82, dmin);
+}
+
+/* lanes -> per-sub-block rows: L[16*b + i] = Ll[i][b] */
+static void from_lanes(int n, const float (*Ll)[NL], float *L) {
+    for (int b = 0; b < NL; ++b)
+        for (int i = 0; i < n; ++i) L[n * b + i] = Ll[i][b];
+}
+
 void lkq_q2_k(const float *x, uint8_t *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, y += 84) {
-        float L[QK_K], w[16], scales[16], mins[16];
-        for (int j = 0; j < 16; ++j) {
-            const float *xs = x + 16 * j;
-            for (int i = 0; i < 16; ++i) w[i] = fabsf(xs[i]);
-            scales[j] = make_qkx2(16, xs, w, 3.0f, -0.5f, 0.1f, 15, 1, &mins[j], L + 16 * j);
-        }
-        float max_scale = lkq_positive_max(scales, 16), max_min = lkq_positive_max(mins, 16);
-        int has_s = max_scale > 0, has_m = max_min > 0;
-        float inv_s = 15.0f / max_scale, inv_m = 15.0f / max_min;
-        uint8_t *sc = y;
-        for (int j = 0; j < 16; ++j) {
-            uint8_t s = has_s ? as_u8(lkq_nearest_int(inv_s * scales[j])) : 0;
-            uint8_t m = has_m ? as_u8(lkq_nearest_int(inv_m * mins[j])) : 0;
-            sc[j] = (uint8_t)(s | (m << 4));
-        }
-        float d = has_s ? max_scale / 15.0f : 0.0f, dmin = has_m ? max_min / 15.0f : 0.0f;
-        float df = lkq_f16_round(d), mf = lkq_f16_round(dmin);
-        for (int j = 0; j < 16; ++j)
-            requantize(16, x + 16 * j, df * (float)(sc[j] & 15), mf * (float)(sc[j] >> 4), L + 16 * j, 0, 3);
-        uint8_t Lq[QK_K];
-        for (int i = 0; i < QK_K; ++i) Lq[i] = (uint8_t)lkq_cvt_i32(L[i]);
-        pack_2bit(Lq, y + 16);
-        lkq_put_f16(y + 80, d);
-        lkq_put_f16(y + 82, dmin);
+    for (int64_t blk = 0; blk < n / QK_K; ++blk, x += QK_K, y += 84) {
+        float xl[16][NL], wl[16][NL], Ll[16][NL], L[QK_K], scales[16], mins[16];
+        to_lanes(16, x, xl);
+        for (int i = 0; i < 16; ++i)
+            for (int b = 0; b < NL; ++b) wl[i][b] = fabsf(xl[i][b]);
+        make_qkx2(16, xl, wl, 3.0f, -0.5f, 0.1f, 15, 1, scales, mins, Ll);
+        from_lanes(16, Ll, L);
+        q2_k_finish(x, scales, mins, L, y);
     }
 }
 
-/* search.make_q3 for one 16-weight sub-block (nmax 4): returns the scale, L in 0..7 */
-static float make_q3(const float *x, float *L) {
-    const int n = 16;
+/* search.make_q3 on NL 16-weight sub-blocks (nmax 4): scale[b], L[i][b] in 0..7. Sweeps stop when no
+ * lane changed (a sweep that changes nothing leaves the state as it was, so this is C's per-block break) */
+static void make_q3(const float (*x)[NL], float *scale, float (*L)[NL]) {
     const float nmax = 4.0f;
-    float amax, mx = lkq_signed_absmax(x, n, &amax);
-    int zero = amax < LKQ_GROUP_MAX_EPS;
-    if (zero) mx = 1.0f;
-    float iscale = -nmax / mx, w[16], wx[16], sumlx = 0.0f, suml2 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        L[i] = lkq_clampf(lkq_round_even(iscale * x[i]), -nmax, nmax - 1);
-        w[i] = x[i] * x[i];
-        wx[i] = w[i] * x[i];
-        sumlx += wx[i] * L[i];
-        suml2 += w[i] * L[i] * L[i];
+    float mx[NL], amax[NL], iscale[NL], sumlx[NL], suml2[NL], w[16][NL], wx[16][NL];
+    int zero[NL];
+    for (int b = 0; b < NL; ++b) amax[b] = mx[b] = 0.0f;
+    for (int i = 0; i < 16; ++i)
+        for (int b = 0; b < NL; ++b) {
+            float a = fabsf(x[i][b]);
+            int gt = a > amax[b];
+            amax[b] = gt ? a : amax[b];
+            mx[b] = gt ? x[i][b] : mx[b];
+        }
+    for (int b = 0; b < NL; ++b) {
+        zero[b] = amax[b] < LKQ_GROUP_MAX_EPS;
+        iscale[b] = -nmax / (zero[b] ? 1.0f : mx[b]);
+        sumlx[b] = suml2[b] = 0.0f;
     }
+    for (int i = 0; i < 16; ++i)
+        for (int b = 0; b < NL; ++b) {
+            float l = lkq_clampf(lkq_round_even(iscale[b] * x[i][b]), -nmax, nmax - 1);
+            L[i][b] = l;
+            w[i][b] = x[i][b] * x[i][b];
+            wx[i][b] = w[i][b] * x[i][b];
+            sumlx[b] += wx[i][b] * l;
+            suml2[b] += w[i][b] * l * l;
+        }
     for (int itry = 0; itry < 5; ++itry) {
         int changed = 0;
-        for (int i = 0; i < n; ++i) {
-            float li = L[i], slx = sumlx - wx[i] * li, sl2 = suml2 - w[i] * li * li;
-            if (!(slx > 0)) continue;
-            float nw = (float)lkq_clampi(lkq_nearest_int(x[i] * sl2 / slx), -4, 3);
-            if (nw == li) continue;
-            slx = slx + wx[i] * nw;
-            sl2 = sl2 + w[i] * nw * nw;
-            if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                L[i] = nw;
-                sumlx = slx;
-                suml2 = sl2;
-                changed = 1;
+        for (int i = 0; i < 16; ++i)
+            for (int b = 0; b < NL; ++b) {
+                float li = L[i][b], slx = sumlx[b] - wx[i][b] * li, sl2 = suml2[b] - w[i][b] * li * li;
+                float nw = (float)lkq_clampi(lkq_nearest_int(x[i][b] * sl2 / slx), -4, 3);
+                int ok = slx > 0 && nw != li;
+                slx = slx + wx[i][b] * nw;
+                sl2 = sl2 + w[i][b] * nw * nw;
+                ok = ok && sl2 > 0 && slx * slx * suml2[b] > sumlx[b] * sumlx[b] * sl2;
+                L[i][b] = ok ? nw : li;
+                sumlx[b] = ok ? slx : sumlx[b];
+                suml2[b] = ok ? sl2 : suml2[b];
+                changed |= ok;
             }
-        }
-        if (!changed) break; /* a sweep that changes nothing leaves the state as it is */
+        if (!changed) break;
     }
-    if (zero) {
-        for (int i = 0; i < n; ++i) L[i] = 0.0f;
-        return 0.0f;
-    }
-    for (int i = 0; i < n; ++i) L[i] += nmax;
-    return sumlx / suml2;
+    for (int b = 0; b < NL; ++b) scale[b] = zero[b] ? 0.0f : sumlx[b] / suml2[b];
+    for (int i = 0; i < 16; ++i)
+        for (int b = 0; b < NL; ++b) L[i][b] = zero[b] ? 0.0f : L[i][b] + nmax;
 }
 
 void lkq_q3_k(const float *x, uint8_t *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, y += 110) {
-        float L[QK_K], scales[16];
-        for (int j = 0; j < 16; ++j) scales[j] = make_q3(x + 16 * j, L + 16 * j);
+    for (int64_t blk = 0; blk < n / QK_K; ++blk, x += QK_K, y += 110) {
+        float xl[16][NL], Ll[16][NL], L[QK_K], scales[16];
+        to_lanes(16, x, xl);
+        make_q3(xl, scales, Ll);
+        from_lanes(16, Ll, L);
         float amax, max_scale = lkq_signed_absmax(scales, 16, &amax);
         int has = max_scale != 0;
         float iscale = -32.0f / (has ? max_scale : 1.0f);
@@ -225,17 +277,9 @@ void lkq_q3_k(const float *x, uint8_t *y, int64_t n) {
     }
 }
 
-/* kquants._k4_search + the packing of Q4_K (nmax 15) and Q5_K (nmax 31) */
-static void k4(const float *x, uint8_t *y, int nmax, float rmin, int nstep, int five) {
-    float L[QK_K], w[32], scales[8], mins[8];
-    for (int j = 0; j < 8; ++j) {
-        const float *xs = x + 32 * j;
-        float sum_x2 = 0.0f;
-        for (int i = 0; i < 32; ++i) sum_x2 += xs[i] * xs[i];
-        float av_x = sqrtf(sum_x2 / 32.0f);
-        for (int i = 0; i < 32; ++i) w[i] = av_x + fabsf(xs[i]);
-        scales[j] = make_qkx2(32, xs, w, (float)nmax, rmin, 0.1f, nstep, 0, &mins[j], L + 32 * j);
-    }
+/* kquants._k4_search's tail + the packing of Q4_K (nmax 15) and Q5_K (nmax 31), one super-block */
+static void k4_finish(const float *x, const float *scales, const float *mins, float *L, uint8_t *y, int nmax,
+                      int five) {
     float max_scale = lkq_positive_max(scales, 8), max_min = lkq_positive_max(mins, 8);
     float inv_s = max_scale > 0 ? 63.0f / max_scale : 0.0f, inv_m = max_min > 0 ? 63.0f / max_min : 0.0f;
     uint8_t ls[8], lm[8];
@@ -265,57 +309,86 @@ static void k4(const float *x, uint8_t *y, int nmax, float rmin, int nstep, int 
     }
 }
 
-void lkq_q4_k(const float *x, uint8_t *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; ++b) k4(x + b * QK_K, y + b * 144, 15, -1.0f, 20, 0);
-}
-
-void lkq_q5_k(const float *x, uint8_t *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; ++b) k4(x + b * QK_K, y + b * 176, 31, -0.5f, 15, 1);
-}
-
-/* search.make_qx (rmse_type 1, weights x*x) for one 16-weight sub-block, nmax 32: scale, L in 0..63 */
-static float make_qx(const float *x, float *L) {
-    const int n = 16;
-    const float nmax = 32.0f;
-    float amax, mx = lkq_signed_absmax(x, n, &amax);
-    int zero = amax < LKQ_GROUP_MAX_EPS;
-    if (zero) mx = 1.0f;
-    float w[16], wx[16], l[16];
-    for (int i = 0; i < n; ++i) {
-        w[i] = x[i] * x[i];
-        wx[i] = w[i] * x[i];
+/* two super-blocks (16 sub-blocks of 32) per search; an odd last one is searched beside zeros */
+static void k4(const float *x, uint8_t *y, int64_t nb, int nmax, float rmin, int nstep, int five, int type_size) {
+    for (int64_t blk = 0; blk < nb; blk += 2) {
+        float pad[2 * QK_K];
+        const float *xp = x + blk * QK_K;
+        int two = blk + 1 < nb;
+        if (!two) {
+            memcpy(pad, xp, QK_K * sizeof(float));
+            memset(pad + QK_K, 0, QK_K * sizeof(float));
+            xp = pad;
+        }
+        float xl[32][NL], wl[32][NL], Ll[32][NL], sum_x2[NL], L[2 * QK_K], scales[NL], mins[NL];
+        to_lanes(32, xp, xl);
+        for (int b = 0; b < NL; ++b) sum_x2[b] = 0.0f;
+        for (int i = 0; i < 32; ++i)
+            for (int b = 0; b < NL; ++b) sum_x2[b] += xl[i][b] * xl[i][b];
+        for (int b = 0; b < NL; ++b) sum_x2[b] = sqrtf(sum_x2[b] / 32.0f); /* av_x */
+        for (int i = 0; i < 32; ++i)
+            for (int b = 0; b < NL; ++b) wl[i][b] = sum_x2[b] + fabsf(xl[i][b]);
+        make_qkx2(32, xl, wl, (float)nmax, rmin, 0.1f, nstep, 0, scales, mins, Ll);
+        from_lanes(32, Ll, L);
+        k4_finish(xp, scales, mins, L, y + blk * type_size, nmax, five);
+        if (two) k4_finish(xp + QK_K, scales + 8, mins + 8, L + QK_K, y + (blk + 1) * type_size, nmax, five);
     }
-    float scale = 0.0f, best = 0.0f;
+}
+
+void lkq_q4_k(const float *x, uint8_t *y, int64_t n) { k4(x, y, n / QK_K, 15, -1.0f, 20, 0, 144); }
+
+void lkq_q5_k(const float *x, uint8_t *y, int64_t n) { k4(x, y, n / QK_K, 31, -0.5f, 15, 1, 176); }
+
+/* search.make_qx (rmse_type 1, weights x*x) on NL 16-weight sub-blocks, nmax 32: scale[b], L[i][b] in 0..63.
+ * The chosen candidate's levels are recomputed from its inverse scale at the end (same arithmetic). */
+static void make_qx(const float (*x)[NL], float *scale, float (*L)[NL]) {
+    const float nmax = 32.0f;
+    float mx[NL], amax[NL], best[NL], win[NL], w[16][NL], wx[16][NL];
+    for (int b = 0; b < NL; ++b) amax[b] = mx[b] = 0.0f;
+    for (int i = 0; i < 16; ++i)
+        for (int b = 0; b < NL; ++b) {
+            float a = fabsf(x[i][b]);
+            int gt = a > amax[b];
+            amax[b] = gt ? a : amax[b];
+            mx[b] = gt ? x[i][b] : mx[b];
+            w[i][b] = x[i][b] * x[i][b];
+            wx[i][b] = w[i][b] * x[i][b];
+        }
+    for (int b = 0; b < NL; ++b) mx[b] = amax[b] < LKQ_GROUP_MAX_EPS ? 1.0f : mx[b];
     for (int k = 0; k < 19; ++k) {
         /* candidate k: -nmax/max, then -(nmax + 0.1f*is)/max for is = -9..-1, 1..9 */
         int is = k == 0 ? 0 : (k <= 9 ? k - 10 : k - 9);
         float neg = k == 0 ? -nmax : -(nmax + 0.1f * (float)is);
-        float isc = neg / mx, sumlx = 0.0f, suml2 = 0.0f, lk[16];
-        for (int i = 0; i < n; ++i) {
-            lk[i] = lkq_clampf(lkq_round_even(isc * x[i]), -nmax, nmax - 1);
-            sumlx += wx[i] * lk[i];
-            suml2 += w[i] * lk[i] * lk[i];
+        float isc[NL], sumlx[NL], suml2[NL];
+        for (int b = 0; b < NL; ++b) {
+            isc[b] = neg / mx[b];
+            sumlx[b] = suml2[b] = 0.0f;
         }
-        int take;
-        if (k == 0) {
-            scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
-            best = scale * sumlx;
-            take = 1;
-        } else {
-            take = suml2 > 0 && sumlx * sumlx > best * suml2;
-            if (take) {
-                scale = sumlx / suml2;
-                best = scale * sumlx;
+        for (int i = 0; i < 16; ++i)
+            for (int b = 0; b < NL; ++b) {
+                float l = lkq_clampf(lkq_round_even(isc[b] * x[i][b]), -nmax, nmax - 1);
+                sumlx[b] += wx[i][b] * l;
+                suml2[b] += w[i][b] * l * l;
+            }
+        for (int b = 0; b < NL; ++b) {
+            if (k == 0) {
+                scale[b] = suml2[b] != 0 ? sumlx[b] / suml2[b] : 0.0f;
+                best[b] = scale[b] * sumlx[b];
+                win[b] = isc[b];
+            } else {
+                float sk = sumlx[b] / suml2[b];
+                int take = suml2[b] > 0 && sumlx[b] * sumlx[b] > best[b] * suml2[b];
+                scale[b] = take ? sk : scale[b];
+                best[b] = take ? sk * sumlx[b] : best[b];
+                win[b] = take ? isc[b] : win[b];
             }
         }
-        if (take) memcpy(l, lk, sizeof l);
     }
-    if (zero) {
-        for (int i = 0; i < n; ++i) L[i] = 0.0f;
-        return 0.0f;
-    }
-    for (int i = 0; i < n; ++i) L[i] = l[i] + nmax;
-    return scale;
+    for (int i = 0; i < 16; ++i)
+        for (int b = 0; b < NL; ++b)
+            L[i][b] = amax[b] < LKQ_GROUP_MAX_EPS ? 0.0f
+                                                  : lkq_clampf(lkq_round_even(win[b] * x[i][b]), -nmax, nmax - 1) + nmax;
+    for (int b = 0; b < NL; ++b) scale[b] = amax[b] < LKQ_GROUP_MAX_EPS ? 0.0f : scale[b];
 }
 
 /* kquants.pack_q6: ql[64h + l] = lo(128h+l) | lo(128h+64+l) << 4, ql[64h+32+l] = lo(128h+32+l) |
@@ -331,9 +404,11 @@ static void pack_q6(const uint8_t *L, uint8_t *ql, uint8_t *qh) {
 }
 
 void lkq_q6_k(const float *x, uint8_t *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, y += 210) {
-        float L[QK_K], scales[16];
-        for (int j = 0; j < 16; ++j) scales[j] = make_qx(x + 16 * j, L + 16 * j);
+    for (int64_t blk = 0; blk < n / QK_K; ++blk, x += QK_K, y += 210) {
+        float xl[16][NL], Ll[16][NL], L[QK_K], scales[16];
+        to_lanes(16, x, xl);
+        make_qx(xl, scales, Ll);
+        from_lanes(16, Ll, L);
         float max_abs, max_scale = lkq_signed_absmax(scales, 16, &max_abs);
         if (max_abs < LKQ_GROUP_MAX_EPS) { /* C memsets an all-tiny super-block */
             memset(y, 0, 210);
