@@ -349,7 +349,7 @@ def run_quantize(plan: QuantizePlan, output: str | os.PathLike[str], *, threads:
                 GGUFWriter(out) as w:
             for key, v in r.fields.items():
                 if key not in _DROPPED_KEYS:
-                    w.add(key, v.value, v.type, v.elem_type)
+                    w.copy_kv(key, v, r.encoded_value(key))  # the input's bytes: no re-encoding of the vocab
             w.add(Keys.QUANTIZATION_VERSION, QUANTIZATION_VERSION, GGUFValueType.UINT32)
             w.add(Keys.FILE_TYPE, plan.file_type, GGUFValueType.UINT32)
             for tp in plan.tensors:
