@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from llamakit.cli import app
 from llamakit.gguf import GGMLType, GGUFReader
+from llamakit.quantize import quantize_file
 
 from .conftest import TINY_GGUF
 
@@ -39,10 +40,17 @@ def _same_tensors(got: Path, want: Path) -> None:
             assert np.array_equal(np.asarray(va.value), np.asarray(vb.value)), k
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("ftype", TYPES)
-def test_byte_identical_to_llama_quantize(ftype: str, tmp_path: Path) -> None:
+def test_byte_identical_to_llama_quantize(ftype: str, native: bool, tmp_path: Path) -> None:
+    """Through the CLI (native quantizers where they build), and through the API with the torch codecs only."""
     out = tmp_path / f"{ftype}.gguf"
-    _run(str(SRC), str(out), ftype, "--threads", "2")
+    if native:
+        _run(str(SRC), str(out), ftype, "--threads", "2")
+    else:
+        notes: list[str] = []
+        quantize_file(SRC, out, ftype, threads=2, native=False, notify=notes.append)
+        assert notes == []  # native=False is a choice, not a failure to report
     want = TINY_GGUF / f"quantize-{ftype}.gguf"
     _same_tensors(out, want)
     assert out.read_bytes() == want.read_bytes()
