@@ -4,12 +4,15 @@
     result = run_quantize(plan, "model-Q4_K_M.gguf")           # streams tensor by tensor
 
 The plan decides every tensor's type up front (mixes.TypeChooser, in llama.cpp's loader order), so bad
-input fails before a byte is written. Running streams one tensor at a time: its rows are read from the
-input's memory map in chunks, dequantized to float32 (exactly: f16/bf16 widen, blocks decode exactly),
-checked for NaN/inf, quantized by the target codec in a pool of threads (torch releases the GIL), and
-gathered into one output buffer that is written and dropped while the next tensor is being quantized.
-Memory stays at about two output tensors plus the chunks in flight, whatever the model's size. The output file is a temp file renamed at the end (GGUFWriter), so an error or
-Ctrl-C leaves no partial model.
+input fails before a byte is written. Running streams one tensor at a time, its rows in chunks spread over a
+pool of threads. An F32/F16/BF16 tensor goes through the native quantizers (kernels.quantizers, C, without
+the GIL) straight from the input's memory map: widened exactly, checked for NaN/inf, quantized, in C. Other
+sources (requantizing) and machines without a C compiler use the torch codecs (dequantize exactly to float32,
+check, quantize), which are the reference the C is tested against byte for byte; torch is imported only then.
+Chunks are gathered into one output buffer that is written and dropped while the next tensor is being
+quantized, and the input tensor's pages are then released (madvise), so resident memory stays at about two
+output tensors plus the chunks in flight, whatever the model's size. The output file is a temp file renamed
+at the end (GGUFWriter), so an error or Ctrl-C leaves no partial model.
 
 File layout written, as llama-quantize: the input's metadata in order, minus general.quantization_version,
 general.file_type and split.*, then general.quantization_version = 2 and general.file_type; tensors in
@@ -50,8 +53,9 @@ if TYPE_CHECKING:
 _DROPPED_KEYS = (Keys.QUANTIZATION_VERSION, Keys.FILE_TYPE, "split.no", "split.count", "split.tensors.count")
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 # Weights per work item: big enough that the per-chunk cost (a few dozen small torch ops on per-block
-# scales, the future) is small next to the work, small enough to spread a tensor over the threads and keep
-# the temporaries in a few MiB. 2^18 measured best on SmolLM2 (2^16 made Q4_0 1.8x slower).
+# scales, the future; a ctypes call on the native path) is small next to the work, small enough to spread a
+# tensor over the threads and keep the temporaries in a few MiB. 2^18 measured best on SmolLM2 with the
+# torch codecs (2^16 made Q4_0 1.8x slower).
 CHUNK_WEIGHTS = 1 << 18
 
 # llama_model_loader's file type guess (most common tensor type) for COPY of a file without general.file_type
@@ -233,24 +237,34 @@ class _Converter:
         self.row_len = tp.info.shape[-1]
         self.n_rows = tp.info.n_elements // self.row_len if self.row_len else 0
         self.out = np.empty((self.n_rows, tp.nbytes // max(self.n_rows, 1)), dtype=np.uint8)
-        self.native = native if native is not None and native.supports(tp.ggml_type, tp.info.ggml_type) else None
+        # direct: native straight from the mapped bytes; else torch dequantizes (a quantized source), and the
+        # native quantizers (from float32) or the torch codec quantize
+        self.direct = native is not None and native.supports(tp.ggml_type, tp.info.ggml_type)
+        self.native = native if native is not None and native.supports(tp.ggml_type, GGMLType.F32) else None
         self.src = src.reshape(self.n_rows, -1)
-        if self.native is None:
+        if not self.direct:
             from .quants import as_tensor, get_codec
 
             self.src = as_tensor(self.src)
             self.src_codec = get_codec(tp.info.ggml_type, f"{path}: tensor {tp.name!r}")
             self.dst_codec = get_codec(tp.ggml_type, f"{path}: tensor {tp.name!r}")
 
+    def _native(self, src_type: GGMLType, src: np.ndarray, lo: int, hi: int) -> None:
+        assert self.native is not None
+        bad = self.native.quantize(self.tp.ggml_type, src_type, src, self.out[lo:hi])
+        if bad >= 0:
+            _non_finite(self.path, self.tp.name, lo + bad // self.row_len, bad % self.row_len)
+
     def run(self, lo: int, hi: int) -> int:
-        if self.native is not None:
-            bad = self.native.quantize(self.tp.ggml_type, self.tp.info.ggml_type, self.src[lo:hi], self.out[lo:hi])
-            if bad >= 0:
-                _non_finite(self.path, self.tp.name, lo + bad // self.row_len, bad % self.row_len)
+        if self.direct:
+            self._native(self.tp.info.ggml_type, self.src[lo:hi], lo, hi)
             return self.src[lo:hi].nbytes
         x = self.src_codec.dequantize(self.src[lo:hi])
-        check_finite(x, self.path, self.tp.name, lo)
-        self.out[lo:hi] = self.dst_codec.quantize(x).numpy()
+        if self.native is not None:
+            self._native(GGMLType.F32, x.numpy(), lo, hi)
+        else:
+            check_finite(x, self.path, self.tp.name, lo)
+            self.out[lo:hi] = self.dst_codec.quantize(x).numpy()
         return self.src[lo:hi].numel()
 
 

@@ -137,6 +137,15 @@ def test_requantize_is_allowed_with_the_flag(tmp_path: Path) -> None:
         assert {t.ggml_type for t in r.tensors} == {GGMLType.F32, GGMLType.Q4_0, GGMLType.Q6_K}
 
 
+@pytest.mark.parametrize("ftype", ["Q4_0", "Q4_K_M", "Q2_K"])
+def test_requantizing_natively_gives_the_torch_codecs_bytes(ftype: str, tmp_path: Path) -> None:
+    """A quantized source: torch dequantizes, then the native quantizers (from float32) or the torch codecs."""
+    src = TINY_GGUF / "convert-q8_0.gguf"
+    quantize_file(src, tmp_path / "n.gguf", ftype, allow_requantize=True, threads=2)
+    quantize_file(src, tmp_path / "t.gguf", ftype, allow_requantize=True, threads=2, native=False)
+    assert (tmp_path / "n.gguf").read_bytes() == (tmp_path / "t.gguf").read_bytes()
+
+
 @pytest.mark.parametrize("ttype", ["Q8_0", "Q4_K_M"])
 def test_progress_counts_each_input_byte_once(tmp_path: Path, ttype: str) -> None:
     """The progress callback reports input bytes: over a whole run they add up to the input's tensor bytes."""
