@@ -165,7 +165,11 @@ def bench_codecs(ggml_lib: str | None) -> None:
     torch.set_num_threads(1)
     x = torch.randn(576, 1536, generator=torch.Generator().manual_seed(0)) * 0.02
     oracle = _ggml(ggml_lib) if ggml_lib else None
-    print(f"codec throughput on a 576x1536 matrix, one thread (Mweights/s){', bytes vs ggml' if oracle else ''}")
+    from llamakit.quantize import native_quantizer
+
+    native = native_quantizer(True, notify=print)
+    print(f"codec throughput on a 576x1536 matrix, one thread (Mweights/s; torch codecs, then the native "
+          f"quantizers){', bytes vs ggml' if oracle else ''}")
     for name in CODECS:
         c = get_codec(GGMLType[name])
         c.quantize(x[:16])
@@ -177,6 +181,12 @@ def bench_codecs(ggml_lib: str | None) -> None:
             c.dequantize(q)
         td = (time.process_time() - t0) / 5
         line = f"{name:7s} quantize {x.numel() / tq / 1e6:8.1f}   dequantize {x.numel() / td / 1e6:8.1f}"
+        if native is not None and native.supports(GGMLType[name]):
+            t0 = time.process_time()
+            qn = native.quantize_f32(GGMLType[name], x.numpy())
+            tn = time.process_time() - t0
+            line += f"   native ({native.variant}) {x.numel() / tn / 1e6:8.1f}, " + (
+                "same bytes" if np.array_equal(qn, q.numpy()) else "DIFFERENT bytes")
         if oracle:
             same = np.array_equal(oracle(GGMLType[name], x.numpy()), q.numpy())
             line += "   ggml bytes: " + ("identical" if same else "DIFFERENT")
