@@ -261,7 +261,7 @@ class _Converter:
             return self.src[lo:hi].nbytes
         x = self.src_codec.dequantize(self.src[lo:hi])
         if self.native is not None:
-            self._native(GGMLType.F32, x.numpy(), lo, hi)
+            self._native(GGMLType.F32, np.ascontiguousarray(x.numpy()), lo, hi)
         else:
             check_finite(x, self.path, self.tp.name, lo)
             self.out[lo:hi] = self.dst_codec.quantize(x).numpy()
