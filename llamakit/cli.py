@@ -343,7 +343,8 @@ def quantize(
                                 description=f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
 
             try:
-                result = run_quantize(plan, out, threads=threads, progress=advance)
+                result = run_quantize(plan, out, threads=threads, progress=advance,
+                                      notify=lambda m: err.print(f"[yellow]note:[/] {m}", markup=True, soft_wrap=True))
             except KeyboardInterrupt:
                 raise LlamakitError(f"{out}: interrupted; nothing was written") from None
         if plan.fallback_summary:

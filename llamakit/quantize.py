@@ -4,12 +4,15 @@
     result = run_quantize(plan, "model-Q4_K_M.gguf")           # streams tensor by tensor
 
 The plan decides every tensor's type up front (mixes.TypeChooser, in llama.cpp's loader order), so bad
-input fails before a byte is written. Running streams one tensor at a time: its rows are read from the
-input's memory map in chunks, dequantized to float32 (exactly: f16/bf16 widen, blocks decode exactly),
-checked for NaN/inf, quantized by the target codec in a pool of threads (torch releases the GIL), and
-gathered into one output buffer that is written and dropped while the next tensor is being quantized.
-Memory stays at about two output tensors plus the chunks in flight, whatever the model's size. The output file is a temp file renamed at the end (GGUFWriter), so an error or
-Ctrl-C leaves no partial model.
+input fails before a byte is written. Running streams one tensor at a time, its rows in chunks spread over a
+pool of threads. An F32/F16/BF16 tensor goes through the native quantizers (kernels.quantizers, C, without
+the GIL) straight from the input's memory map: widened exactly, checked for NaN/inf, quantized, in C. Other
+sources (requantizing) and machines without a C compiler use the torch codecs (dequantize exactly to float32,
+check, quantize), which are the reference the C is tested against byte for byte; torch is imported only then.
+Chunks are gathered into one output buffer that is written and dropped while the next tensor is being
+quantized, and the input tensor's pages are then released (madvise), so resident memory stays at about two
+output tensors plus the chunks in flight, whatever the model's size. The output file is a temp file renamed
+at the end (GGUFWriter), so an error or Ctrl-C leaves no partial model.
 
 File layout written, as llama-quantize: the input's metadata in order, minus general.quantization_version,
 general.file_type and split.*, then general.quantization_version = 2 and general.file_type; tensors in
@@ -23,16 +26,15 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
-import torch
 
 from .errors import InputError, UnsupportedError
 from .gguf import GGUFReader, GGUFValueType, GGUFWriter
 from .gguf.constants import GGML_BLOCK, QUANTIZATION_VERSION, GGMLType, Keys, LlamaFileType, tensor_nbytes
 from .gguf.reader import TensorInfo
-from .quants import as_tensor, get_codec
+from .kernels.quantizers import NativeBuildError, NativeQuantizer, load_quantizer
 from .quants.mixes import (
     FileTypeSpec,
     ModelInfo,
@@ -44,12 +46,16 @@ from .quants.mixes import (
     parse_tensor_type,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 # keys llama-quantize drops from the copied metadata (and re-adds, at the end, for the first two)
 _DROPPED_KEYS = (Keys.QUANTIZATION_VERSION, Keys.FILE_TYPE, "split.no", "split.count", "split.tensors.count")
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 # Weights per work item: big enough that the per-chunk cost (a few dozen small torch ops on per-block
-# scales, the future) is small next to the work, small enough to spread a tensor over the threads and keep
-# the temporaries in a few MiB. 2^18 measured best on SmolLM2 (2^16 made Q4_0 1.8x slower).
+# scales, the future; a ctypes call on the native path) is small next to the work, small enough to spread a
+# tensor over the threads and keep the temporaries in a few MiB. 2^18 measured best on SmolLM2 with the
+# torch codecs (2^16 made Q4_0 1.8x slower).
 CHUNK_WEIGHTS = 1 << 18
 
 # llama_model_loader's file type guess (most common tensor type) for COPY of a file without general.file_type
@@ -182,7 +188,10 @@ def _plan(reader: GGUFReader, path: Path, spec: FileTypeSpec, allow_requantize: 
                 raise UnsupportedError(
                     f"{path}: tensor {name!r} has rows of {info.shape[-1]} weights, not a multiple of the {new.name} "
                     f"block ({block}); drop --pure or choose another type for it")
-            get_codec(info.ggml_type, f"{path}: tensor {name!r}")  # can we read it?
+            if info.ggml_type not in _FLOATS:
+                from .quants import get_codec
+
+                get_codec(info.ggml_type, f"{path}: tensor {name!r}")  # can we read it?
             if is_quantized_type(info.ggml_type):
                 if not allow_requantize:
                     raise InputError(
@@ -219,74 +228,142 @@ def _row_chunks(n_rows: int, row_len: int, weights: int = CHUNK_WEIGHTS) -> Iter
 
 
 class _Converter:
-    """Converts one tensor's rows chunk by chunk into a preallocated output buffer."""
+    """Converts one tensor's rows chunk by chunk into a preallocated output buffer: with the native
+    quantizers straight from the mapped F32/F16/BF16 bytes, else through the torch codecs (dequantize
+    exactly to float32, check, quantize)."""
 
-    def __init__(self, path: Path, tp: TensorPlan, src: np.ndarray) -> None:
+    def __init__(self, path: Path, tp: TensorPlan, src: np.ndarray, native: NativeQuantizer | None) -> None:
         self.path, self.tp = path, tp
         self.row_len = tp.info.shape[-1]
         self.n_rows = tp.info.n_elements // self.row_len if self.row_len else 0
-        self.src = as_tensor(src).reshape(self.n_rows, -1)
-        self.src_codec = get_codec(tp.info.ggml_type, f"{path}: tensor {tp.name!r}")
-        self.dst_codec = get_codec(tp.ggml_type, f"{path}: tensor {tp.name!r}")
         self.out = np.empty((self.n_rows, tp.nbytes // max(self.n_rows, 1)), dtype=np.uint8)
+        # direct: native straight from the mapped bytes; else torch dequantizes (a quantized source), and the
+        # native quantizers (from float32) or the torch codec quantize
+        self.direct = native is not None and native.supports(tp.ggml_type, tp.info.ggml_type)
+        self.native = native if native is not None and native.supports(tp.ggml_type, GGMLType.F32) else None
+        self.src = src.reshape(self.n_rows, -1)
+        if not self.direct:
+            from .quants import as_tensor, get_codec
+
+            self.src = as_tensor(self.src)
+            self.src_codec = get_codec(tp.info.ggml_type, f"{path}: tensor {tp.name!r}")
+            self.dst_codec = get_codec(tp.ggml_type, f"{path}: tensor {tp.name!r}")
+
+    def _native(self, src_type: GGMLType, src: np.ndarray, lo: int, hi: int) -> None:
+        assert self.native is not None
+        bad = self.native.quantize(self.tp.ggml_type, src_type, src, self.out[lo:hi])
+        if bad >= 0:
+            _non_finite(self.path, self.tp.name, lo + bad // self.row_len, bad % self.row_len)
 
     def run(self, lo: int, hi: int) -> int:
+        if self.direct:
+            self._native(self.tp.info.ggml_type, self.src[lo:hi], lo, hi)
+            return self.src[lo:hi].nbytes
         x = self.src_codec.dequantize(self.src[lo:hi])
-        check_finite(x, self.path, self.tp.name, lo)
-        self.out[lo:hi] = self.dst_codec.quantize(x).numpy()
+        if self.native is not None:
+            self._native(GGMLType.F32, np.ascontiguousarray(x.numpy()), lo, hi)
+        else:
+            check_finite(x, self.path, self.tp.name, lo)
+            self.out[lo:hi] = self.dst_codec.quantize(x).numpy()
         return self.src[lo:hi].numel()
 
 
-def check_finite(x: torch.Tensor, path: Path, name: str, row0: int = 0) -> None:
+def _non_finite(path: Path, name: str, row: int, col: int) -> None:
+    raise InputError(f"{path}: tensor {name!r} contains NaN or infinite values (first at row {row}, "
+                     f"column {col}); the model is corrupt, re-convert it from the original checkpoint")
+
+
+def check_finite(x: "torch.Tensor", path: Path, name: str, row0: int = 0) -> None:
     """NaN or inf weights make every format's scale search meaningless: refuse, naming the tensor."""
+    import torch
+
     if bool(torch.isfinite(x.sum())):  # one fast pass; a non-finite sum can also be an overflow: look closer
         return
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         idx = int(bad.reshape(-1).nonzero()[0, 0])
         row, col = divmod(idx, x.shape[-1])
-        raise InputError(f"{path}: tensor {name!r} contains NaN or infinite values (first at row {row0 + row}, "
-                         f"column {col}); the model is corrupt, re-convert it from the original checkpoint")
+        _non_finite(path, name, row0 + row, col)
+
+
+# the exponent bits of F32 / F16 / BF16: all ones is inf or NaN
+_EXPONENT = {GGMLType.F32: (np.uint32, 0x7F800000), GGMLType.F16: (np.uint16, 0x7C00),
+             GGMLType.BF16: (np.uint16, 0x7F80)}
+
+
+def check_finite_raw(src: np.ndarray, ggml_type: GGMLType, row_len: int, path: Path, name: str) -> None:
+    """check_finite for the raw bytes of an F32/F16/BF16 tensor (numpy only, in chunks)."""
+    dtype, mask = _EXPONENT[ggml_type]
+    v = src.view(dtype)
+    step = CHUNK_WEIGHTS
+    for s in range(0, v.size, step):
+        bad = np.flatnonzero((v[s:s + step] & mask) == mask)
+        if bad.size:
+            row, col = divmod(s + int(bad[0]), max(row_len, 1))
+            _non_finite(path, name, row, col)
 
 
 def _finish(plan: QuantizePlan, w: GGUFWriter, tp: TensorPlan, conv: _Converter | None, futures: list[Future[int]],
             progress: Progress | None) -> None:
-    """Collect one tensor (or check a copied one) and write it."""
+    """Collect one tensor (or check a copied one), write it and drop its input pages."""
     if conv is None:
         src = plan.reader.tensor_data(tp.info)
         if tp.info.ggml_type in _FLOATS:  # copied floats are checked too, as llama.cpp's loader does
-            row_bytes = max(tp.info.shape[-1], 1) * GGML_BLOCK[tp.info.ggml_type].type_size
-            view = as_tensor(src).reshape(-1, row_bytes)
-            codec = get_codec(tp.info.ggml_type)
-            for lo, hi in _row_chunks(view.shape[0], tp.info.shape[-1]):
-                check_finite(codec.dequantize(view[lo:hi]), plan.input, tp.name, lo)
+            check_finite_raw(src, tp.info.ggml_type, tp.info.shape[-1], plan.input, tp.name)
         w.write_tensor(tp.name, src)
+        del src
+        plan.reader.release(tp.info)
         if progress:
             progress(tp, tp.info.nbytes)
         return
     for f in futures:
-        n = f.result()  # input bytes of the chunk (src is the raw uint8 view)
+        n = f.result()  # input bytes of the chunk
         if progress:
             progress(tp, n)
     w.write_tensor(tp.name, conv.out)
+    conv.src = conv.out = None  # type: ignore[assignment]
+    plan.reader.release(tp.info)
+
+
+def native_quantizer(native: bool | str = True, notify: Callable[[str], None] | None = None) -> NativeQuantizer | None:
+    """The native quantizers (`native`: True for the best variant, a variant name, False for none); None, after
+    one line to `notify`, when they cannot be built here (the torch codecs then do all the work)."""
+    if native is False:
+        return None
+    try:
+        return load_quantizer(None if native is True else str(native))
+    except NativeBuildError as e:
+        if notify:
+            notify(f"native quantizers unavailable ({e}); using the slower torch codecs")
+        return None
 
 
 def run_quantize(plan: QuantizePlan, output: str | os.PathLike[str], *, threads: int | None = None,
-                 progress: Progress | None = None) -> QuantizeResult:
-    """Write the planned model to `output` (atomically). `threads`: worker threads (default: all cores)."""
+                 progress: Progress | None = None, native: bool | str = True,
+                 notify: Callable[[str], None] | None = None) -> QuantizeResult:
+    """Write the planned model to `output` (atomically). `threads`: worker threads (default: all cores).
+    `native`: use the C quantizers where they cover the tensor (True: best variant, or a variant name;
+    False: the torch codecs only, the reference). `notify`: gets the one line saying the native
+    quantizers cannot be built here, if so."""
     out = Path(output)
     if _same_file(plan.input, out):
         raise InputError(f"{out}: the output is the input file; choose another output path")
     n_threads = max(1, threads or os.cpu_count() or 1)
     r = plan.reader
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # parallelism comes from the row chunks; one intra-op thread each
+    nq = native_quantizer(native, notify) if any(tp.convert for tp in plan.tensors) else None
+    needs_torch = any(tp.convert and not (nq and nq.supports(tp.ggml_type, tp.info.ggml_type)) for tp in plan.tensors)
+    prev_threads = None
+    if needs_torch:
+        import torch
+
+        prev_threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # parallelism comes from the row chunks; one intra-op thread each
     try:
         with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="llamakit-quantize") as pool, \
                 GGUFWriter(out) as w:
             for key, v in r.fields.items():
                 if key not in _DROPPED_KEYS:
-                    w.add(key, v.value, v.type, v.elem_type)
+                    w.copy_kv(key, v, r.encoded_value(key))  # the input's bytes: no re-encoding of the vocab
             w.add(Keys.QUANTIZATION_VERSION, QUANTIZATION_VERSION, GGUFValueType.UINT32)
             w.add(Keys.FILE_TYPE, plan.file_type, GGUFValueType.UINT32)
             for tp in plan.tensors:
@@ -298,7 +375,7 @@ def run_quantize(plan: QuantizePlan, output: str | os.PathLike[str], *, threads:
             try:
                 for tp in plan.tensors:
                     if tp.convert:
-                        conv = _Converter(plan.input, tp, r.tensor_data(tp.info))
+                        conv = _Converter(plan.input, tp, r.tensor_data(tp.info), nq)
                         pending.append((tp, conv, [pool.submit(conv.run, lo, hi)
                                                    for lo, hi in _row_chunks(conv.n_rows, conv.row_len)]))
                     else:
@@ -313,18 +390,22 @@ def run_quantize(plan: QuantizePlan, output: str | os.PathLike[str], *, threads:
                         f.cancel()
                 raise
     finally:
-        torch.set_num_threads(prev_threads)
+        if prev_threads is not None:
+            import torch
+
+            torch.set_num_threads(prev_threads)
     return QuantizeResult(out, out.stat().st_size, len(plan.tensors), sum(t.convert for t in plan.tensors),
                           plan.input_bytes, plan.output_bytes)
 
 
 def quantize_file(input_path: str | os.PathLike[str], output: str | os.PathLike[str] | None, file_type: str,
-                  *, threads: int | None = None, progress: Progress | None = None, **options: object) -> QuantizeResult:
+                  *, threads: int | None = None, progress: Progress | None = None, native: bool | str = True,
+                  notify: Callable[[str], None] | None = None, **options: object) -> QuantizeResult:
     """plan_quantize + run_quantize in one call (output None: llama-quantize's default path)."""
     with plan_quantize(input_path, file_type, **options) as plan:  # type: ignore[arg-type]
         return run_quantize(plan, output if output is not None else default_output_path(input_path, plan.spec),
-                            threads=threads, progress=progress)
+                            threads=threads, progress=progress, native=native, notify=notify)
 
 
-__all__ = ["QuantizePlan", "QuantizeResult", "TensorPlan", "check_finite", "default_output_path", "plan_quantize",
-           "quantize_file", "run_quantize"]
+__all__ = ["QuantizePlan", "QuantizeResult", "TensorPlan", "check_finite", "check_finite_raw", "default_output_path",
+           "native_quantizer", "plan_quantize", "quantize_file", "run_quantize"]

@@ -153,3 +153,41 @@ def test_fallback_to_f16_when_even_the_fallback_does_not_fit(tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     with GGUFReader(tmp_path / "o.gguf") as r:
         assert r.tensor("blk.0.ffn_up.weight").ggml_type == GGMLType.F16
+
+
+def test_without_a_compiler_one_line_says_so_and_the_bytes_stay(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_build(variant: str | None = None) -> None:
+        raise qmod.NativeBuildError("no C compiler found (cc, gcc or clang)")
+
+    monkeypatch.setattr(qmod, "load_quantizer", no_build)
+    out = tmp_path / "o.gguf"
+    res = runner.invoke(app, ["quantize", str(SRC), str(out), "Q4_K_M"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert text.count("native quantizers unavailable (no C compiler found (cc, gcc or clang)); using the slower "
+                      "torch codecs") == 1
+    assert out.read_bytes() == (TINY_GGUF / "quantize-Q4_K_M.gguf").read_bytes()
+
+
+def test_native_quantize_does_not_import_torch(tmp_path: Path) -> None:
+    """torch costs ~1.5 s of import: a run the native quantizers cover (F16 -> every K-quant mix) avoids it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from llamakit.quantize import quantize_file; "
+            f"quantize_file({str(SRC)!r}, {str(tmp_path / 'o.gguf')!r}, 'Q4_K_M', threads=2); "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+    assert (tmp_path / "o.gguf").read_bytes() == (TINY_GGUF / "quantize-Q4_K_M.gguf").read_bytes()
+
+
+def test_released_tensor_pages_read_back_unchanged() -> None:
+    with GGUFReader(SRC) as r:
+        before = {t.name: r.tensor_data(t).copy() for t in r.tensors}
+        for t in r.tensors:
+            r.release(t)
+        assert all(np.array_equal(r.tensor_data(t), before[t.name]) for t in r.tensors)

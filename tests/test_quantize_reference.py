@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from llamakit.cli import app
 from llamakit.gguf import GGMLType, GGUFReader
+from llamakit.quantize import quantize_file
 
 from .conftest import TINY_GGUF
 
@@ -39,10 +40,17 @@ def _same_tensors(got: Path, want: Path) -> None:
             assert np.array_equal(np.asarray(va.value), np.asarray(vb.value)), k
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("ftype", TYPES)
-def test_byte_identical_to_llama_quantize(ftype: str, tmp_path: Path) -> None:
+def test_byte_identical_to_llama_quantize(ftype: str, native: bool, tmp_path: Path) -> None:
+    """Through the CLI (native quantizers where they build), and through the API with the torch codecs only."""
     out = tmp_path / f"{ftype}.gguf"
-    _run(str(SRC), str(out), ftype, "--threads", "2")
+    if native:
+        _run(str(SRC), str(out), ftype, "--threads", "2")
+    else:
+        notes: list[str] = []
+        quantize_file(SRC, out, ftype, threads=2, native=False, notify=notes.append)
+        assert notes == []  # native=False is a choice, not a failure to report
     want = TINY_GGUF / f"quantize-{ftype}.gguf"
     _same_tensors(out, want)
     assert out.read_bytes() == want.read_bytes()
@@ -127,6 +135,15 @@ def test_requantize_is_allowed_with_the_flag(tmp_path: Path) -> None:
     assert "requantizing" in res.output and "quality" in res.output
     with GGUFReader(out) as r:
         assert {t.ggml_type for t in r.tensors} == {GGMLType.F32, GGMLType.Q4_0, GGMLType.Q6_K}
+
+
+@pytest.mark.parametrize("ftype", ["Q4_0", "Q4_K_M", "Q2_K"])
+def test_requantizing_natively_gives_the_torch_codecs_bytes(ftype: str, tmp_path: Path) -> None:
+    """A quantized source: torch dequantizes, then the native quantizers (from float32) or the torch codecs."""
+    src = TINY_GGUF / "convert-q8_0.gguf"
+    quantize_file(src, tmp_path / "n.gguf", ftype, allow_requantize=True, threads=2)
+    quantize_file(src, tmp_path / "t.gguf", ftype, allow_requantize=True, threads=2, native=False)
+    assert (tmp_path / "n.gguf").read_bytes() == (tmp_path / "t.gguf").read_bytes()
 
 
 @pytest.mark.parametrize("ttype", ["Q8_0", "Q4_K_M"])

@@ -210,12 +210,15 @@ class GGUFReader:
             raise c.fail(f"tensor count {n_tensors} is larger than the file could hold")
 
         self.fields: dict[str, GGUFValue] = {}
+        self._spans: dict[str, tuple[int, int]] = {}  # key -> file range of its encoded value (after the type)
         for i in range(n_kv):
             key = c.string(f"key of metadata entry {i}")
             if key in self.fields:
                 raise c.fail(f"duplicate metadata key {key!r}")
             vtype = c.value_type(f"metadata {key!r}")
+            start = c.pos
             self.fields[key] = c.value(vtype, f"metadata {key!r}")
+            self._spans[key] = (start, c.pos)
 
         self.alignment = GGUF_DEFAULT_ALIGNMENT
         if Keys.ALIGNMENT in self.fields:
@@ -294,6 +297,26 @@ class GGUFReader:
         if isinstance(info, str):
             info = self.tensor(info)
         return np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+
+    def encoded_value(self, key: str) -> bytes:
+        """The file's own encoding of metadata `key`'s value (what follows its type), for copying a KV
+        without re-encoding it (a vocabulary is 10^5 strings)."""
+        lo, hi = self._spans[key]
+        return bytes(self._buf[lo:hi])
+
+    def release(self, info: TensorInfo) -> None:
+        """Drop the tensor's pages from this process's resident memory (madvise MADV_DONTNEED on the whole
+        pages inside its range; the map is read-only, so a later read simply faults them in again from the
+        page cache). A streaming pass calls this once a tensor is done, so its RSS stays bounded whatever
+        the file's size."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is None or getattr(self, "_buf", None) is None:
+            return
+        page = mmap.PAGESIZE
+        lo = -(-info.offset // page) * page
+        hi = (info.offset + info.nbytes) // page * page
+        if hi > lo:
+            self._mmap.madvise(advice, lo, hi - lo)
 
     def close(self) -> None:
         """Release the map; views returned by tensor_data must be dropped first."""

@@ -93,6 +93,7 @@ class GGUFWriter:
         self.path = Path(path)
         self.alignment = alignment
         self._kv: dict[str, GGUFValue] = {}
+        self._encoded: dict[str, bytes] = {}  # keys added with their value already encoded (copy_kv)
         self._tensors: list[tuple[str, tuple[int, ...], GGMLType, int]] = []
         self._offset = 0  # running offset inside the data section
         self._state = "kv"  # kv -> tensors -> data -> done
@@ -113,6 +114,12 @@ class GGUFWriter:
         if key == Keys.ALIGNMENT:
             self.alignment = int(g.value)
         self._kv[key] = g
+
+    def copy_kv(self, key: str, value: GGUFValue, encoded: bytes) -> None:
+        """add() for a KV copied from another file: `encoded` is that file's encoding of `value` (from
+        GGUFReader.encoded_value) and is written as it is."""
+        self.add(key, value.value, value.type, value.elem_type)
+        self._encoded[key] = encoded
 
     def add_tensor_info(self, name: str, shape: tuple[int, ...], ggml_type: GGMLType) -> None:
         """shape in torch order (rows last-but-one, row length last); stored reversed in the file."""
@@ -144,7 +151,9 @@ class GGUFWriter:
             raise InputError(f"{self.path}: cannot write here ({e.strerror})") from None
         out = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(self._tensors), len(self._kv)))
         for key, g in self._kv.items():
-            out += _encode_str(key) + struct.pack("<I", g.type) + _encode_value(g.value, g.type, g.elem_type)
+            enc = self._encoded.get(key)
+            out += _encode_str(key) + struct.pack("<I", g.type) + (
+                enc if enc is not None else _encode_value(g.value, g.type, g.elem_type))
         offset = 0
         for name, shape, gtype, nbytes in self._tensors:
             out += _encode_str(name) + struct.pack("<I", len(shape))

@@ -2,36 +2,34 @@
 
 `get_codec(GGMLType.Q8_0).quantize(rows)`; a type llamakit cannot compute raises UnsupportedError.
 `LAYOUTS[GGMLType.Q6_K]["scales"]`: a block format's named byte fields (layouts.py), for codecs and kernels.
+
+The codecs are torch code; they (and torch) are imported on first use of a name below, so that importing
+`llamakit.quants.mixes` (llama-quantize's type rules, plain Python) does not cost a torch import: a
+`llamakit quantize` that runs on the native quantizers never imports torch.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-from ..errors import UnsupportedError
-from ..gguf.constants import GGMLType
-from .base import Codec, as_tensor
-from .floats import BF16, F16, F32
-from .iq4nl import IQ4_NL
-from .kquants import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K
-from .layouts import LAYOUTS, BlockLayout, Field
-from .legacy import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+if TYPE_CHECKING:
+    from .layouts import LAYOUTS, BlockLayout, Field
+    from .registry import CODECS, Codec, as_tensor, get_codec
 
-CODECS = MappingProxyType({
-    c.ggml_type: c()
-    for c in (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL)
-})
+_LAZY = ("CODECS", "Codec", "as_tensor", "get_codec")
+_LAYOUT_NAMES = ("LAYOUTS", "BlockLayout", "Field")
 
 
-def get_codec(ggml_type: GGMLType, what: str = "tensor") -> Codec:
-    try:
-        return CODECS[GGMLType(ggml_type)]
-    except (KeyError, ValueError):
-        supported = ", ".join(t.name for t in CODECS)
-        raise UnsupportedError(
-            f"{what}: ggml type {getattr(ggml_type, 'name', ggml_type)} is not supported by llamakit "
-            f"(supported: {supported})"
-        ) from None
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import registry
+
+        return getattr(registry, name)
+    if name in _LAYOUT_NAMES:
+        from . import layouts
+
+        return getattr(layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["CODECS", "LAYOUTS", "BlockLayout", "Codec", "Field", "as_tensor", "get_codec"]

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from ...errors import LlamakitError
 
@@ -83,8 +84,9 @@ def _compiler() -> str:
     raise NativeBuildError("no C compiler found (cc, gcc or clang)")
 
 
-def build(name: str, sources: list[Path], variant: str) -> Path:
-    """Compile `sources` (plus every header beside them) into lib<name>-<variant>.so, once; returns its path."""
+def build(name: str, sources: list[Path], variant: str, extra_flags: Sequence[str] = ()) -> Path:
+    """Compile `sources` (plus every header beside them) into lib<name>-<variant>.so, once; returns its path.
+    `extra_flags`: this library's own compiler flags (part of the cache key), e.g. -ffp-contract=off."""
     if variant not in FLAGS:
         raise NativeBuildError(f"unknown native variant {variant!r} (known: {', '.join(FLAGS)})")
     cc = _compiler()
@@ -92,7 +94,7 @@ def build(name: str, sources: list[Path], variant: str) -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise NativeBuildError(f"the C compiler {cc} does not run: {e}") from None
-    flags = COMMON + (FLAGS[variant] if platform.machine().lower() in ("x86_64", "amd64") else [])
+    flags = COMMON + (FLAGS[variant] if platform.machine().lower() in ("x86_64", "amd64") else []) + list(extra_flags)
     h = hashlib.sha256()
     for p in sorted(set(sources) | set(HERE.glob("*.h"))):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
@@ -116,14 +118,15 @@ def build(name: str, sources: list[Path], variant: str) -> Path:
     return out
 
 
-def load(name: str, sources: list[Path], variant: str | None = None) -> tuple[ctypes.CDLL, str]:
+def load(name: str, sources: list[Path], variant: str | None = None,
+         extra_flags: Sequence[str] = ()) -> tuple[ctypes.CDLL, str]:
     """The library for `variant` (default: the best this CPU runs); returns (library, variant)."""
     variants = cpu_variants()
     if variant is None:
         variant = variants[0]
     elif variant not in variants:
         raise NativeBuildError(f"this CPU cannot run the {variant} native kernels (it runs: {', '.join(variants)})")
-    path = build(name, sources, variant)
+    path = build(name, sources, variant, extra_flags)
     try:
         return ctypes.CDLL(str(path)), variant
     except OSError as e:
