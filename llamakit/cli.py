@@ -329,6 +329,46 @@ def _engine_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+_NGL_HELP = ("Layers to put on the GPU (llama.cpp's -ngl): a count (the last N blocks; N > n_layer adds the "
+             "output layer) or auto: as many as fit in free VRAM minus --fit-margin (the default).")
+_FIT_MARGIN = typer.Option(1024, "--fit-margin", help="MiB left free on every GPU when -ngl auto fits layers.")
+_TENSOR_SPLIT = typer.Option(None, "-ts", "--tensor-split", help="Share of the offloaded layers per GPU, e.g. 3,1 (default: by free memory).")
+_MAIN_GPU = typer.Option(0, "-mg", "--main-gpu", help="The GPU used with --split-mode none.")
+_SPLIT_MODE = typer.Option("layer", "-sm", "--split-mode", help="layer: contiguous runs of layers over the GPUs; none: all on --main-gpu.")
+_DEVICE = typer.Option(None, "-dev", "--device", help="GPUs to use, comma-separated (cuda:0,cuda:1), or none (default: every CUDA device).")
+
+
+def _gpu_layers(text: str) -> int:
+    from .runtime.placement import AUTO
+
+    t = text.strip().lower()
+    if t in ("auto", "-1"):
+        return AUTO
+    try:
+        n = int(t)
+    except ValueError:
+        raise LlamakitError(f"-ngl {text}: give a layer count (0, 16, 99...) or auto") from None
+    if n < 0:
+        raise LlamakitError(f"-ngl {text}: give a layer count >= 0 or auto")
+    return n
+
+
+def _placement(ngl: str, fit_margin: int, tensor_split: Optional[str], main_gpu: int, split_mode: str,
+               device: Optional[str], cache_type: str = "f16"):  # type: ignore[no-untyped-def]
+    """The PlacementOptions of the device flags (shared by run, perplexity, bench and plan)."""
+    from .runtime.placement import MiB, PlacementOptions
+
+    split: tuple[float, ...] = ()
+    if tensor_split:
+        try:
+            split = tuple(float(x) for x in tensor_split.replace("/", ",").split(","))
+        except ValueError:
+            raise LlamakitError(f"--tensor-split {tensor_split}: give numbers separated by commas, e.g. 3,1") from None
+    devices = tuple(d.strip() for d in device.split(",") if d.strip()) if device else ()
+    return PlacementOptions(gpu_layers=_gpu_layers(ngl), fit_margin=fit_margin * MiB, tensor_split=split,
+                            main_gpu=main_gpu, split_mode=split_mode, devices=devices, cache_type=cache_type)
+
+
 def _model_or_default(model: Optional[Path]) -> Path:
     if model is not None:
         return model
@@ -369,7 +409,12 @@ def run(
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Never sample end-of-generation tokens."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads (default: torch's, the physical cores)."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
-    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (llama.cpp's -ngl; this version runs on the CPU)."),
+    gpu_layers: str = typer.Option("auto", "-ngl", "--gpu-layers", "--n-gpu-layers", help=_NGL_HELP),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    device: Optional[str] = _DEVICE,
     keep: int = typer.Option(0, "--keep", help="Prompt tokens kept when the context shifts (-1: all)."),
     context_shift: bool = typer.Option(True, "--context-shift/--no-context-shift", help="When the context fills: drop half of it and go on, or stop."),
     conversation: Optional[bool] = typer.Option(None, "-cnv/-no-cnv", "--conversation/--no-conversation", help="Wrap the prompt in the model's chat template (default: when it has one)."),
@@ -399,7 +444,8 @@ def run(
         sampling=SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                 repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
                                 frequency_penalty=frequency_penalty, seed=seed),
-        reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap, gpu_layers=gpu_layers,
+        reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap,
+        placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device),
         keep=keep, context_shift=context_shift, conversation=conversation, system_prompt=system_prompt,
         special=special, display_prompt=display_prompt, warmup=warmup, perf=perf,
     )
@@ -421,7 +467,12 @@ def perplexity(
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
-    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (this version runs on the CPU)."),
+    gpu_layers: str = typer.Option("auto", "-ngl", "--gpu-layers", "--n-gpu-layers", help=_NGL_HELP),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Perplexity of a text, as llama.cpp's llama-perplexity: running [i] values, then the final estimate."""
     from .runtime.perplexity import run_perplexity
@@ -429,7 +480,8 @@ def perplexity(
     text = _read_prompt_file(file)
     _engine_threads(threads)
     run_perplexity(_model_or_default(model), text, n_ctx=ctx_size, n_chunks=chunks, n_batch=batch_size,
-                   n_ubatch=ubatch_size, use_mmap=not no_mmap, gpu_layers=gpu_layers,
+                   n_ubatch=ubatch_size, use_mmap=not no_mmap,
+                   placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device),
                    emit=lambda s: typer.echo(s, nl=False), log=lambda s: typer.echo(s, err=True))
 
 
@@ -443,31 +495,48 @@ def bench(
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory."),
+    gpu_layers: str = typer.Option("auto", "-ngl", "--n-gpu-layers", help="GPU layers, comma-separated values each measured (llama-bench): 0,16,99 or auto."),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
     import torch
 
     from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
+    from .runtime.devices import cuda_oom
     from .runtime.generate import Context
     from .runtime.loader import load_model
 
     if reps < 1:
         raise LlamakitError(f"-r {reps}: give at least 1 repetition")
     _engine_threads(threads)
+    options = [_placement(v, fit_margin, tensor_split, main_gpu, split_mode, device) for v in gpu_layers.split(",")]
     rows: list[dict[str, str]] = []
     header_done = False
+    n_ctx = max(n_prompt, n_gen, 1)
     for path in model or [_model_or_default(None)]:
-        with load_model(path, use_mmap=not no_mmap) as lm:
-            bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
-            ctx = Context(lm, max(n_prompt, n_gen, 1), batch_size, ubatch_size)
-            base = {**model_row(lm), "backend": "CPU", "threads": str(torch.get_num_threads())}
-            for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
-                if n <= 0:
-                    continue
-                r = fn(ctx, n, bos, reps)
-                rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
-                lines = markdown_table(rows)
-                if not header_done:
-                    typer.echo("\n".join(lines[:2]))
-                    header_done = True
-                typer.echo(markdown_table(rows)[-1])
+        for opts in options:
+            with load_model(path, use_mmap=not no_mmap, options=opts, n_ctx=n_ctx, n_ubatch=ubatch_size) as lm:
+                p = lm.placement
+                if opts.gpu_layers > 0 and not p.n_offloaded:
+                    typer.echo(f"warning: -ngl {opts.gpu_layers}: {p.note or 'no accelerator'}; measuring the CPU",
+                               err=True)
+                bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
+                ctx = Context(lm, n_ctx, batch_size, ubatch_size)
+                backend = "CUDA" if any(d.type == "cuda" for d in p.accelerators) and p.n_offloaded else "CPU"
+                base = {**model_row(lm), "backend": backend, "threads": str(torch.get_num_threads()),
+                        "ngl": str(p.n_offloaded)}
+                with cuda_oom(p.accelerators[0] if p.accelerators else torch.device("cpu"), p):
+                    for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
+                        if n <= 0:
+                            continue
+                        r = fn(ctx, n, bos, reps)
+                        rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
+                        lines = markdown_table(rows)
+                        if not header_done:
+                            typer.echo("\n".join(lines[:2]))
+                            header_done = True
+                        typer.echo(lines[-1])

@@ -4,13 +4,15 @@ The model is built on the meta device (no memory), then every buffer is assigned
 True)`) a zero-copy uint8 view into the memory-mapped file, so loading reads nothing and a weight occupies
 its file pages only once they are used. `use_mmap=False` reads each tensor into ordinary memory instead
 (llama.cpp's --no-mmap: read(), so the file's pages are never mapped into the process) and closes the file. 1-D float tensors (norms, biases, rope_freqs) become float32:
-F32 ones as views, others converted. Blocks go where `placement.place_layers` says.
+F32 ones as views, others converted. Blocks go where placement.py says: `-ngl`/`auto` over the accelerators
+runtime/devices.py finds (or that the caller passes), from the layer sizes of this file; weights are copied
+to their device once, still packed. A split model gets a Boundary (runtime/boundary.py) as its `hop`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,10 @@ from ..model import Llama, LlamaConfig
 from ..model.kernels import kernel_for
 from ..model.layers import QuantEmbedding, QuantLinear
 from ..quants import as_tensor, get_codec
-from .placement import Placement, place_layers
+from .boundary import Boundary
+from .devices import cuda_oom, find_accelerators, ram_available
+from .placement import (DeviceInfo, Placement, PlacementOptions, compute_reserve, kv_block_bytes,
+                        model_sizes, place, place_layers)
 
 
 @dataclass
@@ -37,6 +42,7 @@ class LoadedModel:
     tensor_bytes: int
     n_params: int
     t_start: float  # time.perf_counter() when loading began (llama.cpp's load time runs from here)
+    boundary: Boundary | None = None  # set when the model is split over devices (counts transfers)
     _reader: GGUFReader | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -61,26 +67,64 @@ def _float_vector(data: torch.Tensor, ggml_type: GGMLType, n: int, what: str) ->
 
 
 def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
-               devices: tuple[torch.device, ...] = ()) -> LoadedModel:
-    """Open a llama GGUF and build the model. Raises LlamakitError subclasses naming the file."""
+               devices: tuple[torch.device, ...] = (), options: PlacementOptions | None = None,
+               accelerators: tuple[DeviceInfo, ...] | None = None, n_ctx: int = 4096,
+               n_ubatch: int = 512) -> LoadedModel:
+    """Open a llama GGUF and build the model. Raises LlamakitError subclasses naming the file.
+
+    Placement: with `options`, -ngl (or auto) over `accelerators` (None: the CUDA devices found), fitted to
+    their free memory for a context of n_ctx (0: the model's) and n_ubatch; without, the plain -ngl
+    `gpu_layers` over `devices` (no memory check)."""
     t_start = time.perf_counter()
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such model file; pass an existing .gguf with -m")
     reader = GGUFReader(path)
     try:
-        return _load(reader, path, use_mmap, gpu_layers, tuple(devices), t_start)
+        plan = _Plan(gpu_layers, tuple(devices), options, accelerators, n_ctx, n_ubatch)
+        return _load(reader, path, use_mmap, plan, t_start)
     except BaseException:
         reader.close()
         raise
 
 
-def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devices: tuple[torch.device, ...],
-          t_start: float) -> LoadedModel:
+@dataclass(frozen=True)
+class _Plan:
+    gpu_layers: int
+    devices: tuple[torch.device, ...]
+    options: PlacementOptions | None
+    accelerators: tuple[DeviceInfo, ...] | None
+    n_ctx: int
+    n_ubatch: int
+
+
+def _place(reader: GGUFReader, cfg: LlamaConfig, plan: _Plan) -> Placement:
+    if plan.options is None:
+        return place_layers(cfg.n_layer, plan.gpu_layers, plan.devices)
+    opts = plan.options
+    why = None
+    if plan.accelerators is None:
+        found, why = find_accelerators(opts.devices)
+        accs = tuple(found)
+    else:
+        accs = plan.accelerators
+    n_ctx = plan.n_ctx or cfg.n_ctx_train
+    held = {t.name: (t.nbytes if len(t.shape) == 2 else 4 * t.n_elements) for t in reader.tensors}
+    compute, compute_out = compute_reserve(cfg.n_embd, cfg.n_embd_q, cfg.n_ff, cfg.n_head, cfg.n_embd_kv,
+                                           cfg.n_vocab, n_ctx, plan.n_ubatch)
+    sizes = model_sizes(held, cfg.n_layer, kv_block_bytes(n_ctx, cfg.n_embd_kv, opts.cache_type), compute,
+                        compute_out, cfg.tied_output)
+    placement = place(sizes, opts, [a.device for a in accs], [a.free for a in accs], ram_available())
+    if not accs and why is not None:
+        placement = replace(placement, note=f"no usable CUDA device: {why}")
+    return placement
+
+
+def _load(reader: GGUFReader, path: Path, use_mmap: bool, plan: _Plan, t_start: float) -> LoadedModel:
     metadata = reader.metadata
     infos = {t.name: t for t in reader.tensors}
     cfg = LlamaConfig.from_gguf(metadata, infos, what=str(path))
-    placement = place_layers(cfg.n_layer, gpu_layers, devices)
+    placement = _place(reader, cfg, plan)
     for t in reader.tensors:  # IQ* and other types llamakit cannot compute: name tensor and type
         get_codec(t.ggml_type, what=f"{path}: tensor {t.name}")
     types = {name: t.ggml_type for name, t in infos.items()}
@@ -122,7 +166,9 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devic
             if info.shape != (n,):
                 raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)}, expected [{n}]")
             value = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}")
-        state[name] = value.to(_device_of(name, placement))
+        dev = _device_of(name, placement)
+        with cuda_oom(dev, placement):
+            state[name] = value.to(dev)
     if fh is not None:
         fh.close()
     del copies
@@ -137,9 +183,13 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devic
     if not use_mmap:
         reader.close()
         reader = None  # type: ignore[assignment]
+    boundary = None
+    if placement.n_offloaded:
+        boundary = Boundary(placement)
+        model.hop = boundary  # type: ignore[method-assign]  # instance attribute: this model's transfers
     return LoadedModel(model=model, config=cfg, metadata=metadata, path=path, placement=placement,
                        file_bytes=file_bytes, tensor_bytes=tensor_bytes, n_params=n_params, t_start=t_start,
-                       _reader=reader)
+                       boundary=boundary, _reader=reader)
 
 
 def _device_of(name: str, placement: Placement) -> torch.device:

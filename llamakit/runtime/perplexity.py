@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InputError
 from .generate import Context
+from .placement import PlacementOptions
 
 
 @dataclass
@@ -101,6 +102,7 @@ def final_line(r: PerplexityResult) -> str:
 
 def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: int = -1, n_batch: int = 2048,
                    n_ubatch: int = 512, use_mmap: bool = True, gpu_layers: int = -1,
+                   placement: PlacementOptions | None = None,
                    emit: Callable[[str], None] = lambda s: None, log: Callable[[str], None] = lambda s: None
                    ) -> PerplexityResult:
     """`llamakit perplexity`: load, tokenize `text`, score, print the llama_perf context lines."""
@@ -110,8 +112,9 @@ def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: 
 
     if n_ctx <= 0:
         raise InputError("perplexity needs -c > 0")
-    with load_model(model, use_mmap=use_mmap, gpu_layers=gpu_layers) as lm:
-        for line in describe_offload(lm, gpu_layers):
+    with load_model(model, use_mmap=use_mmap, gpu_layers=gpu_layers, options=placement, n_ctx=n_ctx,
+                    n_ubatch=n_ubatch) as lm:
+        for line in describe_offload(lm, placement.gpu_layers if placement is not None else gpu_layers):
             log(line)
         tok = Tokenizer.from_metadata(lm.metadata)
         ctx = prepare_context(lm, n_ctx, n_batch, n_ubatch, log)
