@@ -14,10 +14,11 @@ ALLOWED: dict[str, set[str]] = {
     "gguf": {"gguf.constants", "errors"},
     "quants": {"gguf.constants", "errors"},
     "tokenizer": {"errors"},
-    "model": {"quants", "gguf.constants", "errors"},
+    "kernels": {"quants", "gguf.constants", "errors"},
+    "model": {"kernels", "quants", "gguf.constants", "errors"},
     "convert": {"gguf", "gguf.constants", "quants", "tokenizer", "errors"},
     "quantize": {"gguf", "gguf.constants", "quants", "errors"},
-    "runtime": {"model", "quants", "gguf", "gguf.constants", "tokenizer", "errors"},
+    "runtime": {"model", "kernels", "quants", "gguf", "gguf.constants", "tokenizer", "errors"},
     "cli": {"*"},
     "__init__": set(),
 }
