@@ -540,3 +540,41 @@ def bench(
                             typer.echo("\n".join(lines[:2]))
                             header_done = True
                         typer.echo(lines[-1])
+
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def plan(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A .gguf, or a Hugging Face directory with --type (default: the default model)."),
+    type_name: Optional[str] = typer.Option(None, "--type", help="For a Hugging Face directory: the quantization to plan for (q4_k_m, q8_0, f16...)."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Free VRAM per GPU, comma-separated: 8G or 24G,24G (default: the CUDA devices found)."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="RAM available for the CPU part (default: this machine's MemAvailable)."),
+    ctx_size: int = typer.Option(4096, "-c", "--ctx-size", help="Context size the KV cache is sized for (0 = the model's)."),
+    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", help="KV cache type: f16, bf16, f32."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Prompt tokens per step."),
+    gpu_bw: Optional[float] = typer.Option(None, "--gpu-bw", help="GPU effective bandwidth in GB/s (default: probed on a CUDA device, else 250)."),
+    cpu_bw: Optional[float] = typer.Option(None, "--cpu-bw", help="CPU effective bandwidth in GB/s (default: probed)."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Measure the hardware present (a short kernel run) unless a bandwidth is given."),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Memory per device and predicted tokens/s for every -ngl, and what -ngl auto would choose (no GPU needed)."""
+    from .runtime.devices import find_accelerators, ram_available
+    from .runtime.plan import machine_speeds, model_shape, parse_size, plan_json, plan_lines
+    from .runtime.plan import plan as make_plan
+
+    opts = _placement("auto", fit_margin, tensor_split, main_gpu, split_mode, None, cache_type)
+    shape = model_shape(_model_or_default(model), type_name)
+    budgets = [parse_size(v, "--vram") for v in vram.split(",")] if vram else [a.free for a in find_accelerators()[0]]
+    ram_b = parse_size(ram, "--ram") if ram else ram_available()
+    speeds = machine_speeds(shape, cpu_bw=cpu_bw, gpu_bw=gpu_bw, probe=probe)
+    n_gpus = max(1, len(opts.tensor_split))
+    p = make_plan(shape, n_ctx=ctx_size, cache_type=cache_type, vram=budgets, n_gpus=n_gpus, ram=ram_b,
+                  speeds=speeds, opts=opts, n_ubatch=ubatch_size)
+    if as_json:
+        typer.echo(json.dumps(plan_json(p), indent=1))
+        return
+    typer.echo("\n".join(plan_lines(p)))

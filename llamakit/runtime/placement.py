@@ -211,6 +211,11 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
+def fits(used: int, free: int, margin: int) -> bool:
+    """A device's share fits: nothing placed on it, or within its free memory minus the margin."""
+    return used == 0 or used <= free - margin
+
+
 def fit_gpu_layers(sizes: ModelSizes, free: Sequence[int], opts: PlacementOptions,
                    ram: int | None = None) -> tuple[int, str]:
     """(largest N that fits, a line saying why) for -ngl auto; OutOfMemoryError when the model fits
@@ -220,7 +225,7 @@ def fit_gpu_layers(sizes: ModelSizes, free: Sequence[int], opts: PlacementOption
     for cand in range(n_layer + 1, -1, -1):
         slots = assign_slots(n_layer, cand, len(free), opts, free)
         dev, _ = usage_of(slots, sizes, len(free))
-        if all(u <= f - opts.fit_margin for u, f in zip(dev, free)):
+        if all(fits(u, f, opts.fit_margin) for u, f in zip(dev, free)):
             n = cand
             break
     slots = assign_slots(n_layer, n, len(free), opts, free)

@@ -1,0 +1,116 @@
+"""Short probes of this machine's effective speeds for the planner's cost model (costmodel.py).
+
+Each probe runs the kernels the engine would run, so what it measures includes their real cost:
+  bandwidth per ggml type: packed bytes / time of one linear (T = 1) over a matrix of ~`probe_bytes`
+      (larger than the caches), the median of a few runs after a warmup;
+  flop rate: a float32 (512 x 1024) @ (1024 x 1024) matmul (the prompt path's GEMM);
+  per-layer overhead: one token through a tiny block (n_embd 256) of the model's types, whose weights
+      are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches).
+CUDA timings synchronize before reading the clock. A probe takes well under a second per type on a CPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+from ..gguf.constants import GGML_BLOCK, GGMLType
+from ..model import Block, LlamaConfig, rope_cos_sin
+from ..model.kernels import kernel_for
+from ..quants import get_codec
+from .costmodel import DeviceSpeed
+
+MiB = 1 << 20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
+    fn()  # warmup (and Triton compilation)
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _kernel(t: GGMLType, device: torch.device):  # type: ignore[no-untyped-def]
+    if device.type == "cuda":
+        from ..kernels.triton_kernels import lookup
+
+        k = lookup(t)
+        if k is not None:
+            return k
+    return kernel_for(t, device.type)
+
+
+def _matrix(t: GGMLType, n_in: int, nbytes: int, device: torch.device) -> torch.Tensor:
+    """A packed (rows, row_bytes) matrix of ~nbytes: 64 quantized random rows, repeated."""
+    g = torch.Generator().manual_seed(0)
+    base = get_codec(t).quantize(torch.randn(64, n_in, generator=g))
+    reps = max(1, nbytes // base.numel())
+    return base.repeat(reps, 1).to(device)
+
+
+def bandwidth(t: GGMLType, device: torch.device, n_in: int = 2048, probe_bytes: int = 8 * MiB) -> float:
+    """Effective packed bytes/s of the engine's linear kernel for type t on device."""
+    blk = GGML_BLOCK[t].block_size
+    n_in = max(blk, n_in // blk * blk)
+    w = _matrix(t, n_in, probe_bytes, device)
+    x = torch.randn(1, n_in, device=device)
+    k = _kernel(t, device)
+    return w.numel() / _time(lambda: k.linear(x, w, n_in), device)
+
+
+def flop_rate(device: torch.device) -> float:
+    a = torch.randn(512, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    return 2 * 512 * 1024 * 1024 / _time(lambda: a @ b.T, device)
+
+
+def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
+    """Seconds one token spends in a block besides moving its weights (a block of n_embd 256)."""
+    cfg = LlamaConfig(n_vocab=256, n_embd=256, n_layer=1, n_head=4, n_head_kv=4, n_ff=512, head_dim=64, n_rot=64,
+                      norm_eps=1e-5, rope_freq_base=10000.0, rope_freq_scale=1.0, n_ctx_train=64, tied_output=True,
+                      has_rope_freqs=False)
+    blk = Block(cfg, types)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, mod in blk.named_children():
+            w = getattr(mod, "weight", None)
+            if w is None:
+                continue
+            if w.dtype == torch.uint8:
+                rows, n_in = mod.out_features, mod.in_features
+                w.copy_(get_codec(mod.ggml_type).quantize(torch.randn(rows, n_in, generator=g) * 0.05))
+            else:
+                w.fill_(1.0)
+    blk = blk.to(device)
+    for mod in blk.modules():
+        if hasattr(mod, "set_kernel"):
+            mod.set_kernel(_kernel(mod.ggml_type, device))
+    kv = (torch.zeros(4, 64, 64, device=device), torch.zeros(4, 64, 64, device=device))
+    cos, sin = rope_cos_sin(cfg, torch.tensor([8], device=device))
+    x = torch.randn(1, 256, device=device)
+    with torch.inference_mode():
+        return _time(lambda: blk(x, cos, sin, kv, 8), device, reps=9)
+
+
+def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: dict[str, GGMLType],
+                 n_in: int = 2048) -> DeviceSpeed:
+    """Every probe for one device: bandwidth of each type, flop rate, per-layer overhead."""
+    with torch.inference_mode():
+        by_type = {t: bandwidth(t, device, n_in) for t in sorted(set(types))}
+        flops = flop_rate(device)
+    over = layer_overhead(block_types, device)
+    bw = statistics.median(by_type.values()) if by_type else 0.0
+    return DeviceSpeed(bandwidth=bw, flops=flops, layer_overhead=over, by_type=by_type, source="probe")
