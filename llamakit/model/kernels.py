@@ -168,6 +168,12 @@ def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", what: str = "tenso
     cannot compute. The torch kernels here run on any device."""
     codec = get_codec(ggml_type, what=what)
     t = codec.ggml_type
+    if device_type == "cuda":  # Triton's fused kernels when triton is installed, else the torch ones below
+        from ..kernels.triton_kernels import lookup
+
+        fused = lookup(t)
+        if fused is not None:
+            return fused
     if t in _FLOATS:
         return FloatKernel(codec, _FLOATS[t])
     if t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K):
