@@ -13,7 +13,8 @@ from llamakit.errors import GGUFFormatError, UnsupportedError
 from llamakit.gguf import GGUFReader
 from llamakit.gguf.constants import GGMLType
 from llamakit.model import LlamaConfig, apply_rope, rope_cos_sin
-from llamakit.model.kernels import DequantKernel, kernel_for
+from llamakit.kernels.torch_kernels import DequantKernel
+from llamakit.kernels.torch_kernels import torch_kernel_for as kernel_for
 from llamakit.quants import get_codec
 
 from .conftest import TINY_GGUF

@@ -5,8 +5,9 @@ A weight is held exactly as the file stores it, one uint8 row per output feature
 (for F32 that is 4 bytes per value, for Q4_0 18 bytes per 32 values...). On load these are zero-copy views of
 the memory-mapped file, so a quantized layer occupies its bytes in the file and nothing more.
 
-The arithmetic is delegated to a kernel chosen per ggml type (`kernels.kernel_for`); a layer can be given
-another kernel with `set_kernel` (a GPU or fused kernel later) without touching the model code.
+The arithmetic is delegated to a kernel (llamakit/kernels): the exact torch kernel of the type by default;
+the loader picks the kernel per weight from the registry (`kernels.registry.kernel_for`) and replaces the
+buffer by the kernel's prepared form (`set_kernel(kernel, prepared)`), without touching the model code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ..gguf.constants import GGML_BLOCK, GGMLType
-from .kernels import Kernel, kernel_for
+from ..kernels.torch_kernels import Kernel, torch_kernel_for
 
 
 def row_bytes(ggml_type: GGMLType, n: int) -> int:
@@ -30,20 +31,25 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.ggml_type = GGMLType(ggml_type)
-        self.kernel: Kernel = kernel_for(self.ggml_type, what=f"{out_features}x{in_features} weight")
+        self.kernel: Kernel = torch_kernel_for(self.ggml_type, what=f"{out_features}x{in_features} weight")
         # uint8 (out, row bytes): the file's rows, untouched
         self.register_buffer("weight", torch.empty(out_features, row_bytes(self.ggml_type, in_features),
                                                    dtype=torch.uint8))
         # float32 (out,): biases are F32 in GGUF
         self.register_buffer("bias", torch.empty(out_features) if bias else None)
 
-    def set_kernel(self, kernel: Kernel) -> None:
+    def set_kernel(self, kernel: Kernel, prepared: torch.Tensor | None = None) -> None:
+        """Compute with `kernel` from now on; `prepared` (its `prepare` of the weight) replaces the buffer."""
         self.kernel = kernel
+        if prepared is not None:
+            self.weight = prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """float32 (..., in) -> float32 (..., out)."""
         lead = x.shape[:-1]
         y = self.kernel.linear(x.reshape(-1, self.in_features), self.weight, self.in_features)
+        if y.shape[-1] != self.out_features:  # a kernel that pads the output rows (int4pack: to 16)
+            y = y[:, :self.out_features]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -59,11 +65,14 @@ class QuantEmbedding(nn.Module):
         super().__init__()
         self.n_vocab, self.dim = n_vocab, dim
         self.ggml_type = GGMLType(ggml_type)
-        self.kernel: Kernel = kernel_for(self.ggml_type, what=f"{n_vocab}x{dim} embedding")
+        self.kernel: Kernel = torch_kernel_for(self.ggml_type, what=f"{n_vocab}x{dim} embedding")
         self.register_buffer("weight", torch.empty(n_vocab, row_bytes(self.ggml_type, dim), dtype=torch.uint8))
 
-    def set_kernel(self, kernel: Kernel) -> None:
+    def set_kernel(self, kernel: Kernel, prepared: torch.Tensor | None = None) -> None:
+        """Compute with `kernel` from now on; `prepared` (its `prepare` of the weight) replaces the buffer."""
         self.kernel = kernel
+        if prepared is not None:
+            self.weight = prepared
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """int64 (T,) -> float32 (T, dim)."""

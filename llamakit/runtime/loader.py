@@ -3,15 +3,25 @@
 The model is built on the meta device (no memory), then every buffer is assigned (`load_state_dict(assign=
 True)`) a zero-copy uint8 view into the memory-mapped file, so loading reads nothing and a weight occupies
 its file pages only once they are used. `use_mmap=False` reads each tensor into ordinary memory instead
-(llama.cpp's --no-mmap: read(), so the file's pages are never mapped into the process) and closes the file. 1-D float tensors (norms, biases, rope_freqs) become float32:
-F32 ones as views, others converted. Blocks go where placement.py says: `-ngl`/`auto` over the accelerators
-runtime/devices.py finds (or that the caller passes), from the layer sizes of this file; weights are copied
-to their device once, still packed. A split model gets a Boundary (runtime/boundary.py) as its `hop`.
+(llama.cpp's --no-mmap: read(), so the file's pages are never mapped into the process) and closes the file.
+1-D float tensors (norms, biases, rope_freqs) become float32: F32 ones as views, others converted. Blocks go
+where placement.py says: `-ngl`/`auto` over the accelerators runtime/devices.py finds (or that the caller
+passes), from the layer sizes of this file; weights are copied to their device once, still packed (a CUDA
+out-of-memory there is one OutOfMemoryError line). A split model gets a Boundary (runtime/boundary.py) as
+its `hop`: the hidden state crosses each device boundary once per step.
+
+Kernels: every packed weight gets its kernel from `kernels.registry.kernel_for` (backend "auto" | "native" |
+"torch"). A kernel that computes from the file's bytes keeps the view; one that repacks (native, int4pack)
+gets the bytes read() into a temporary (never through the map, so the file's pages do not become part of
+the process's RSS next to the repacked copy) and keeps only its prepared form. A tied output layer shares
+the embedding's prepared tensor when both use the same kernel.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +32,10 @@ from ..errors import GGUFFormatError, InputError
 from ..gguf import GGUFReader
 from ..gguf.constants import GGMLType
 from ..model import Llama, LlamaConfig
-from ..model.kernels import kernel_for
+from ..kernels.registry import kernel_for, unavailable_line
 from ..model.layers import QuantEmbedding, QuantLinear
 from ..quants import as_tensor, get_codec
+from .memory import trim_heap
 from .boundary import Boundary
 from .devices import cuda_oom, find_accelerators, ram_available
 from .placement import (DeviceInfo, Placement, PlacementOptions, compute_reserve, kv_block_bytes,
@@ -42,8 +53,15 @@ class LoadedModel:
     tensor_bytes: int
     n_params: int
     t_start: float  # time.perf_counter() when loading began (llama.cpp's load time runs from here)
+    backend: str = "auto"
+    variant: str | None = None  # the native variant asked for (None: the best this CPU runs)
     boundary: Boundary | None = None  # set when the model is split over devices (counts transfers)
     _reader: GGUFReader | None = field(default=None, repr=False)
+
+    def kernel_summary(self) -> dict[str, int]:
+        """How many weights each kernel computes, e.g. {"native-avx512": 211, "torch-dequant": 1}."""
+        return dict(Counter(m.kernel.name for m in self.model.modules()
+                            if isinstance(m, (QuantLinear, QuantEmbedding))))
 
     def close(self) -> None:
         """Drop the weights and unmap the file."""
@@ -67,10 +85,13 @@ def _float_vector(data: torch.Tensor, ggml_type: GGMLType, n: int, what: str) ->
 
 
 def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
-               devices: tuple[torch.device, ...] = (), options: PlacementOptions | None = None,
+               devices: tuple[torch.device, ...] = (), backend: str = "auto", variant: str | None = None,
+               log: Callable[[str], None] | None = None, options: PlacementOptions | None = None,
                accelerators: tuple[DeviceInfo, ...] | None = None, n_ctx: int = 4096,
                n_ubatch: int = 512) -> LoadedModel:
     """Open a llama GGUF and build the model. Raises LlamakitError subclasses naming the file.
+    `backend`/`variant` choose the kernels (kernels/registry.py); `log` gets the one line saying the native
+    kernels are unavailable when "auto" falls back to torch.
 
     Placement: with `options`, -ngl (or auto) over `accelerators` (None: the CUDA devices found), fitted to
     their free memory for a context of n_ctx (0: the model's) and n_ubatch; without, the plain -ngl
@@ -81,8 +102,13 @@ def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
         raise InputError(f"{path}: no such model file; pass an existing .gguf with -m")
     reader = GGUFReader(path)
     try:
+        if backend == "auto" and log is not None:
+            line = unavailable_line(variant)
+            if line:
+                log(line)
         plan = _Plan(gpu_layers, tuple(devices), options, accelerators, n_ctx, n_ubatch)
-        return _load(reader, path, use_mmap, plan, t_start)
+        lm = _load(reader, path, use_mmap, plan, t_start, backend, variant)
+        return lm
     except BaseException:
         reader.close()
         raise
@@ -120,7 +146,8 @@ def _place(reader: GGUFReader, cfg: LlamaConfig, plan: _Plan) -> Placement:
     return placement
 
 
-def _load(reader: GGUFReader, path: Path, use_mmap: bool, plan: _Plan, t_start: float) -> LoadedModel:
+def _load(reader: GGUFReader, path: Path, use_mmap: bool, plan: _Plan, t_start: float, backend: str,
+          variant: str | None) -> LoadedModel:
     metadata = reader.metadata
     infos = {t.name: t for t in reader.tensors}
     cfg = LlamaConfig.from_gguf(metadata, infos, what=str(path))
@@ -138,45 +165,70 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, plan: _Plan, t_start: 
         raise GGUFFormatError(f"{path}: tensor {e.args[0]} is missing; the file is not a complete llama model"
                               ) from None
 
+    modules = dict(model.named_modules())
     state: dict[str, torch.Tensor] = {}
+    kernels: dict[str, Any] = {}
     copies: dict[str, torch.Tensor] = {}  # --no-mmap: tensor bytes read into owned memory, once per tensor
-    fh = None if use_mmap else open(path, "rb")
-    for name, target in model.state_dict(keep_vars=True).items():
-        source = "token_embd.weight" if (name == "output.weight" and cfg.tied_output) else name
-        info = infos.get(source)
-        if info is None:
-            raise GGUFFormatError(f"{path}: tensor {source} is missing; the file is not a complete llama model")
-        if fh is None:
-            data = as_tensor(reader.tensor_data(info))
-        else:
-            if source not in copies:  # read(), not the map: the file's pages never become part of our RSS
-                buf = torch.empty(info.nbytes, dtype=torch.uint8)
-                fh.seek(info.offset)
-                if fh.readinto(memoryview(buf.numpy())) != info.nbytes:
-                    raise GGUFFormatError(f"{path}: tensor {source} is truncated")
-                copies[source] = buf
-            data = copies[source]
-        if target.dtype == torch.uint8:  # packed weight rows
-            if data.numel() != target.numel() or len(info.shape) != 2:
+    prepared: dict[tuple[str, str], torch.Tensor] = {}  # (source, kernel name) -> prepared form
+    swapped: dict[str, torch.Tensor] = {}  # buffer name -> prepared form
+    with open(path, "rb") as fh:
+        def read(info: Any) -> torch.Tensor:
+            # read(), not the map: the file's pages never become part of our RSS
+            buf = torch.empty(info.nbytes, dtype=torch.uint8)
+            fh.seek(info.offset)
+            if fh.readinto(memoryview(buf.numpy())) != info.nbytes:
+                raise GGUFFormatError(f"{path}: tensor {info.name} is truncated")
+            return buf
+
+        for name, target in model.state_dict(keep_vars=True).items():
+            source = "token_embd.weight" if (name == "output.weight" and cfg.tied_output) else name
+            info = infos.get(source)
+            if info is None:
+                raise GGUFFormatError(f"{path}: tensor {source} is missing; the file is not a complete llama model")
+            dev = _device_of(name, placement)
+            if target.dtype != torch.uint8:
+                n = target.numel()
+                if info.shape != (n,):
+                    raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)}, expected [{n}]")
+                # read(), even with mmap: a touch of a norm's page maps the file around it (fault-around,
+                # large folios: measured 2 MiB per block), next to weights that live in prepared copies
+                data = read(info)
+                with cuda_oom(dev, placement):
+                    state[name] = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}").to(dev)
+                continue
+            # packed weight rows
+            if info.nbytes != target.numel() or len(info.shape) != 2:
                 raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)} ({info.ggml_type.name}); "
                                       f"the metadata implies {target.shape[0]} rows of {target.shape[1]} bytes")
-            value = data.view(target.shape)
-        else:
-            n = target.numel()
-            if info.shape != (n,):
-                raise GGUFFormatError(f"{path}: tensor {source} has shape {list(info.shape)}, expected [{n}]")
-            value = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}")
-        dev = _device_of(name, placement)
-        with cuda_oom(dev, placement):
-            state[name] = value.to(dev)
-    if fh is not None:
-        fh.close()
-    del copies
-    model.load_state_dict(state, assign=True, strict=True)
-    for mod in model.modules():  # a kernel per (format, device type): the swap point for GPU kernels
-        if isinstance(mod, (QuantLinear, QuantEmbedding)):
-            mod.set_kernel(kernel_for(mod.ggml_type, mod.weight.device.type))
-    del state
+            mod = modules[name.rsplit(".", 1)[0]]
+            kernel = kernel_for(info.ggml_type, dev.type, backend=backend, variant=variant,
+                                what=f"{path}: tensor {source}",
+                                use="rows" if isinstance(mod, QuantEmbedding) else "linear")
+            kernels[name] = kernel
+            if getattr(kernel, "identity_prepare", False):  # computes from the file's bytes
+                if use_mmap:
+                    data = as_tensor(reader.tensor_data(info))
+                else:
+                    if source not in copies:
+                        copies[source] = read(info)
+                    data = copies[source]
+                with cuda_oom(dev, placement):
+                    state[name] = data.view(target.shape).to(dev)
+                continue
+            key = (source, kernel.name)
+            if key not in prepared:
+                raw = copies[source] if source in copies else read(info)
+                with cuda_oom(dev, placement):
+                    prepared[key] = kernel.prepare(raw.view(target.shape)).to(dev)
+                del raw
+                trim_heap()  # the repacking temporaries, freed but scattered between the prepared tensors
+            swapped[name] = prepared[key]  # another shape than the file's rows: set after load_state_dict
+    del copies, prepared
+    model.load_state_dict(state, assign=True, strict=False)
+    for name, kernel in kernels.items():
+        modules[name.rsplit(".", 1)[0]].set_kernel(kernel, swapped.get(name))
+    del state, swapped
+    assert not any(t.is_meta for t in model.state_dict().values())
     file_bytes = path.stat().st_size
     tensor_bytes = sum(t.nbytes for t in reader.tensors)
     n_params = sum(t.n_elements for t in reader.tensors)
@@ -189,7 +241,7 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, plan: _Plan, t_start: 
         model.hop = boundary  # type: ignore[method-assign]  # instance attribute: this model's transfers
     return LoadedModel(model=model, config=cfg, metadata=metadata, path=path, placement=placement,
                        file_bytes=file_bytes, tensor_bytes=tensor_bytes, n_params=n_params, t_start=t_start,
-                       boundary=boundary, _reader=reader)
+                       backend=backend, variant=variant, boundary=boundary, _reader=reader)
 
 
 def _device_of(name: str, placement: Placement) -> torch.device:

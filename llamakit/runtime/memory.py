@@ -32,3 +32,18 @@ def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 8 << 20, 
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return all(mallopt(k, v) == 1 for k, v in ((M_ARENA_MAX, arena_max), (M_MMAP_THRESHOLD, mmap_threshold),
                                                (M_TRIM_THRESHOLD, trim_threshold)))
+
+
+def trim_heap() -> bool:
+    """glibc malloc_trim(0): return the free pages of the heap to the system, also those between live
+    blocks (the loader's repacking leaves many); True when it ran. A no-op outside glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        fn = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = (ctypes.c_size_t,)
+    fn(0)
+    return True

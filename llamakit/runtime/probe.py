@@ -19,7 +19,7 @@ import torch
 
 from ..gguf.constants import GGML_BLOCK, GGMLType
 from ..model import Block, LlamaConfig, rope_cos_sin
-from ..model.kernels import kernel_for
+from ..kernels.registry import kernel_for
 from ..quants import get_codec
 from .costmodel import DeviceSpeed
 

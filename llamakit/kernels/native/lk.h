@@ -34,7 +34,8 @@ extern "C" {
 
 /* ---- the library ---------------------------------------------------------------------------------- */
 LK_API const char *lk_variant(void);       /* "scalar", "avx2", "avx512": what this object was built for */
-LK_API int lk_abi_version(void);           /* bumped when this header changes incompatibly */
+LK_API int lk_abi_version(void);           /* bumped when this header changes (2: lk_supports, lk_quantize_act) */
+LK_API int lk_supports(int type);          /* 1 if lk_prepare/lk_matmul/lk_get_rows implement `type` */
 
 /* ---- threads: one pool per process, used by every parallel kernel -------------------------------- */
 LK_API int lk_set_threads(int n);          /* n >= 1; returns the count in use */
@@ -45,7 +46,9 @@ typedef void (*lk_task_fn)(void *ctx, int i, int n_tasks);
 LK_API void lk_parallel(lk_task_fn fn, void *ctx, int n_tasks);
 
 /* ---- weights -------------------------------------------------------------------------------------- */
-/* Bytes of the prepared (possibly repacked) form of a rows x cols matrix of `type`; 0 if unsupported. */
+/* The prepared form (k_internal.h): rows in groups of 16 (the last padded with zero rows), each group's
+ * blocks interleaved column by column; about the file's size (Q4_K/Q5_K: +4 bytes per 256 weights).
+ * Bytes of the prepared (possibly repacked) form of a rows x cols matrix of `type`; 0 if unsupported. */
 LK_API size_t lk_prepared_size(int type, int64_t rows, int64_t cols);
 /* Write the prepared form of the file's block rows `src` into `dst` (dst must not alias src). */
 LK_API int lk_prepare(int type, int64_t rows, int64_t cols, const void *src, void *dst);
@@ -59,6 +62,12 @@ LK_API int lk_matmul(int type, int64_t rows, int64_t cols, const void *w, int64_
 /* out (n, cols) = dequant(W[ids[j]]) exactly (the codec's float32 values), W prepared. */
 LK_API int lk_get_rows(int type, int64_t rows, int64_t cols, const void *w, int64_t n, const int64_t *ids,
                        float *out);
+
+/* The activation quantization lk_matmul applies for `type` (exposed for tests): n rows of cols floats into
+ * `out`; returns the bytes per row (> 0), or LK_EUNSUPPORTED for the float formats (no quantization).
+ * Records: legacy/IQ4_NL 48 B per 32 values | d: f32 | d*s: f32 | s: i32 | 0: i32 | qs[32]: i8 |;
+ * K-quants 296 B per 256 values | d: f32 | 0: i32 | bsums[16]: i16 | qs[256]: i8 |. */
+LK_API int lk_quantize_act(int type, int64_t n, int64_t cols, const float *x, void *out);
 
 #ifdef __cplusplus
 }

@@ -12,7 +12,9 @@ elementwise passes over the weights any torch-level dequantization needs, paid a
 token; a fused kernel is what would remove them, and it would register here.
 Weights are dequantized SLAB_VALUES at a time so no float copy of a whole matrix (the 49152 x 576 output
 layer is 113 MB in float32) ever exists: memory holds the packed bytes plus one slab.
-Fused or GPU kernels register per (ggml type, device type) in `kernel_for`.
+Every kernel has a `name` (what `LoadedModel.kernel_summary` counts) and `prepare(w)`, called once at
+load: identity for these (they compute from the file's bytes), a repacked copy for `Int4PackKernel` and the
+native kernels. The choice per (ggml type, device type, backend) is `kernels.registry.kernel_for`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ SLAB_VALUES = 1 << 20
 
 
 class Kernel(Protocol):
+    name: str
+
+    def prepare(self, w: torch.Tensor) -> torch.Tensor: ...
+
     def linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor: ...
 
     def rows(self, w: torch.Tensor, ids: torch.Tensor, n_in: int) -> torch.Tensor: ...
@@ -39,9 +45,16 @@ class Kernel(Protocol):
 class DequantKernel:
     """Any codec: dequantize a slab of rows, multiply, next slab."""
 
+    name = "torch-dequant"
+    identity_prepare = True  # the loader keeps the file's bytes (a view of the map) as the working form
+
     def __init__(self, codec: Codec, slab_values: int = SLAB_VALUES) -> None:
         self.codec = codec
         self.slab_values = slab_values
+
+    def prepare(self, w: torch.Tensor) -> torch.Tensor:
+        """The file's bytes are the working form: nothing to repack."""
+        return w
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int) -> torch.Tensor:
         step = max(1, self.slab_values // n_in)
@@ -163,17 +176,11 @@ class Q6KKernel(DequantKernel):
 _FLOATS = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
 
 
-def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", what: str = "tensor") -> Kernel:
-    """The kernel for a format on a device type; UnsupportedError (naming `what`) for a type llamakit
-    cannot compute. The torch kernels here run on any device."""
+def torch_kernel_for(ggml_type: GGMLType, what: str = "tensor") -> Kernel:
+    """The exact (dequantizing) torch kernel for a format; UnsupportedError (naming `what`) for a type
+    llamakit cannot compute. These run on any device."""
     codec = get_codec(ggml_type, what=what)
     t = codec.ggml_type
-    if device_type == "cuda":  # Triton's fused kernels when triton is installed, else the torch ones below
-        from ..kernels.triton_kernels import lookup
-
-        fused = lookup(t)
-        if fused is not None:
-            return fused
     if t in _FLOATS:
         return FloatKernel(codec, _FLOATS[t])
     if t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K):
