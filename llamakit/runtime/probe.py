@@ -3,7 +3,8 @@
 Each probe runs the kernels the engine would run, so what it measures includes their real cost:
   bandwidth per ggml type: packed bytes / time of one linear (T = 1) over a matrix of ~`probe_bytes`
       (larger than the caches), the median of a few runs after a warmup;
-  flop rate: a float32 (512 x 1024) @ (1024 x 1024) matmul (the prompt path's GEMM);
+  flop rate: the same kernel at a prompt batch (512 rows through a 1024-row weight of the blocks' most
+      common type): the prompt path as the engine runs it (dequantize + GEMM, or the native int8 path);
   per-layer overhead: one token through a tiny block (n_embd 256) of the model's types, whose weights
       are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches).
 CUDA timings synchronize before reading the clock. A probe takes well under a second per type on a CPU.
@@ -66,15 +67,22 @@ def bandwidth(t: GGMLType, device: torch.device, n_in: int = 2048, probe_bytes: 
     blk = GGML_BLOCK[t].block_size
     n_in = max(blk, n_in // blk * blk)
     w = _matrix(t, n_in, probe_bytes, device)
+    nbytes = w.numel()
     x = torch.randn(1, n_in, device=device)
     k = _kernel(t, device)
-    return w.numel() / _time(lambda: k.linear(x, w, n_in), device)
+    w = k.prepare(w)  # the kernel's working form (a repack for native kernels), as the loader does
+    return nbytes / _time(lambda: k.linear(x, w, n_in), device)
 
 
-def flop_rate(device: torch.device) -> float:
-    a = torch.randn(512, 1024, device=device)
-    b = torch.randn(1024, 1024, device=device)
-    return 2 * 512 * 1024 * 1024 / _time(lambda: a @ b.T, device)
+def flop_rate(t: GGMLType, device: torch.device, n_in: int = 2048, rows: int = 1024, batch: int = 512) -> float:
+    """Effective flop/s of the engine's linear kernel for type t at a prompt batch (`batch` rows of
+    activations through a (rows, n_in) weight): what a prompt step's matmuls run at."""
+    blk = GGML_BLOCK[t].block_size
+    n_in = max(blk, n_in // blk * blk)
+    k = _kernel(t, device)
+    w = k.prepare(_matrix(t, n_in, rows * n_in * GGML_BLOCK[t].type_size // blk, device))
+    x = torch.randn(batch, n_in, device=device)
+    return 2 * batch * rows * n_in / _time(lambda: k.linear(x, w, n_in), device, reps=3)
 
 
 def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
@@ -97,7 +105,8 @@ def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
     blk = blk.to(device)
     for mod in blk.modules():
         if hasattr(mod, "set_kernel"):
-            mod.set_kernel(_kernel(mod.ggml_type, device))
+            k = _kernel(mod.ggml_type, device)
+            mod.set_kernel(k, k.prepare(mod.weight))
     kv = (torch.zeros(4, 64, 64, device=device), torch.zeros(4, 64, 64, device=device))
     cos, sin = rope_cos_sin(cfg, torch.tensor([8], device=device))
     x = torch.randn(1, 256, device=device)
@@ -110,7 +119,8 @@ def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: d
     """Every probe for one device: bandwidth of each type, flop rate, per-layer overhead."""
     with torch.inference_mode():
         by_type = {t: bandwidth(t, device, n_in) for t in sorted(set(types))}
-        flops = flop_rate(device)
+        main = max(block_types.values(), key=list(block_types.values()).count)  # the blocks' usual type
+        flops = flop_rate(main, device, n_in)
     over = layer_overhead(block_types, device)
     bw = statistics.median(by_type.values()) if by_type else 0.0
     return DeviceSpeed(bandwidth=bw, flops=flops, layer_overhead=over, by_type=by_type, source="probe")

@@ -87,7 +87,7 @@ def describe_offload(lm: LoadedModel, gpu_layers: int) -> list[str]:
     if gpu_layers > 0 and p.n_offloaded == 0:
         why = p.note or "no accelerator was given"
         lines.append(f"warning: -ngl {gpu_layers}: {why}; running everything on the CPU")
-    elif p.note and p.n_offloaded:
+    elif p.note and p.accelerators:
         lines.append(p.note)
     lines.append(f"offloaded {p.n_offloaded}/{lm.config.n_layer + 1} layers to GPU")
     for dev, used in zip(p.accelerators, p.usage):
