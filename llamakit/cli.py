@@ -70,10 +70,16 @@ def info(
     model: Optional[Path] = typer.Argument(None, help="A .gguf file (default: the default model, fetched once)."),
     tensors: bool = typer.Option(False, "--tensors", help="List every tensor."),
     as_json: bool = typer.Option(False, "--json", help="Print metadata and tensors as JSON."),
+    system: bool = typer.Option(False, "--system", help="Describe this machine for the engine instead: CPU "
+                                "features, native kernels, threads, torch, CUDA, the kernel of each type."),
 ) -> None:
     """Summarise a GGUF file: architecture, sizes, vocabulary, tensor types."""
     from rich.console import Console
     from rich.table import Table
+
+    if system:
+        _system_info(as_json)
+        return
 
     from .gguf import GGUFReader
     from .gguf.summary import describe, metadata_json, tensors_json
@@ -126,6 +132,42 @@ def info(
             for ti in r.tensors:
                 t.add_row(ti.name, ti.ggml_type.name, " x ".join(map(str, ti.shape)), _human_bytes(ti.nbytes))
             con.print(t)
+
+
+def _system_info(as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runtime.sysinfo import system_info
+
+    d = system_info()
+    if as_json:
+        typer.echo(json.dumps(d, indent=1))
+        return
+    con = Console(highlight=False)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan")
+    grid.add_column()
+    nat = d["native"]
+    rows = [
+        ("cpu", f"{d['cpu']} ({d['machine']})"),
+        ("cpu features", " ".join(d["cpu_features"]) or "-"),
+        ("native variants", ", ".join(d["native_variants"]) + " (this CPU runs, best first)"),
+        ("native kernels", f"loaded: {nat['variant']}" if nat["loaded"] else f"unavailable: {nat['reason']}"),
+        ("threads", f"{d['threads']['default']} by default (physical cores; {d['threads']['allowed_cpus']} CPUs "
+                    f"allowed), torch now {d['threads']['torch']}"),
+        ("torch", d["torch"]),
+        ("cuda", ", ".join(d["cuda"]["devices"]) if d["cuda"]["available"] else "not available"),
+    ]
+    for k, v in rows:
+        grid.add_row(k, str(v))
+    con.print(grid)
+    t = Table(title=f"kernels (backend {d['backend']})", title_justify="left")
+    t.add_column("type")
+    t.add_column("kernel")
+    for name, k in d["kernels"].items():
+        t.add_row(name, k)
+    con.print(t)
 
 
 # -- convert (issue 3) ---------------------------------------------------------------------------------------------
@@ -316,17 +358,30 @@ def quantize(
 # ---------------------------------------------------------------------------------------------------------
 # run / perplexity / bench (the torch inference engine, llamakit/runtime)
 
-def _engine_threads(threads: Optional[int]) -> None:
-    """Process settings for the engine: glibc malloc tuning (before any torch work) and the thread count."""
-    import torch
-
+def _engine_threads(threads: Optional[int], threads_batch: Optional[int] = None) -> tuple[int, int]:
+    """Process settings for the engine: glibc malloc tuning (before any torch work); returns (-t, -tb):
+    -t defaults to the physical cores (llama.cpp's default), -tb to -t."""
     from .runtime.memory import tune_malloc
+    from .runtime.threads import physical_cores
 
     tune_malloc()
-    if threads is not None:
-        if threads < 1:
-            raise LlamakitError(f"--threads {threads}: give at least 1")
-        torch.set_num_threads(threads)
+    for n, flag in ((threads, "--threads"), (threads_batch, "--threads-batch")):
+        if n is not None and n < 1:
+            raise LlamakitError(f"{flag} {n}: give at least 1")
+    t = threads if threads is not None else physical_cores()
+    return t, threads_batch if threads_batch is not None else t
+
+
+def _cache_types(ctk: str, ctv: str):  # type: ignore[no-untyped-def]
+    from .runtime.kv_cache import cache_dtype
+
+    return cache_dtype(ctk, "--cache-type-k"), cache_dtype(ctv, "--cache-type-v")
+
+
+_CTK_HELP = "KV cache type for K: f16 (default, as llama.cpp) or f32."
+_CTV_HELP = "KV cache type for V: f16 (default, as llama.cpp) or f32."
+_TB_HELP = "Threads for prompt processing (batches; default: --threads)."
+_BACKEND_HELP = "Kernels: auto (native C where it builds, else torch), native, torch."
 
 
 _NGL_HELP = ("Layers to put on the GPU (llama.cpp's -ngl): a count (the last N blocks; N > n_layer adds the "
@@ -366,7 +421,8 @@ def _placement(ngl: str, fit_margin: int, tensor_split: Optional[str], main_gpu:
             raise LlamakitError(f"--tensor-split {tensor_split}: give numbers separated by commas, e.g. 3,1") from None
     devices = tuple(d.strip() for d in device.split(",") if d.strip()) if device else ()
     return PlacementOptions(gpu_layers=_gpu_layers(ngl), fit_margin=fit_margin * MiB, tensor_split=split,
-                            main_gpu=main_gpu, split_mode=split_mode, devices=devices, cache_type=cache_type)
+                            main_gpu=main_gpu, split_mode=split_mode, devices=devices,
+                            cache_type=cache_type.lower())
 
 
 def _model_or_default(model: Optional[Path]) -> Path:
@@ -407,7 +463,11 @@ def run(
     frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Frequency penalty (0: off)."),
     reverse_prompt: list[str] = typer.Option([], "-r", "--reverse-prompt", help="Stop when this text is generated (repeatable)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Never sample end-of-generation tokens."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads (default: torch's, the physical cores)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads for generation (default: the physical cores)."),
+    threads_batch: Optional[int] = typer.Option(None, "-tb", "--threads-batch", help=_TB_HELP),
+    cache_type_k: str = typer.Option("f16", "-ctk", "--cache-type-k", help=_CTK_HELP),
+    cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help=_CTV_HELP),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
     gpu_layers: str = typer.Option("auto", "-ngl", "--gpu-layers", "--n-gpu-layers", help=_NGL_HELP),
     fit_margin: int = _FIT_MARGIN,
@@ -437,7 +497,8 @@ def run(
         from .tokenizer.escapes import process_escapes
 
         text = process_escapes(text.encode("utf-8")).decode("utf-8", errors="replace")
-    _engine_threads(threads)
+    n_threads, n_threads_batch = _engine_threads(threads, threads_batch)
+    ctk, ctv = _cache_types(cache_type_k, cache_type_v)
     opts = RunOptions(
         model=_model_or_default(model), prompt=text, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
         n_ubatch=ubatch_size,
@@ -445,9 +506,10 @@ def run(
                                 repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
                                 frequency_penalty=frequency_penalty, seed=seed),
         reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap,
-        placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device),
+        placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device, cache_type_k),
         keep=keep, context_shift=context_shift, conversation=conversation, system_prompt=system_prompt,
-        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf,
+        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf, cache_type_k=ctk,
+        cache_type_v=ctv, n_threads=n_threads, n_threads_batch=n_threads_batch, backend=backend,
     )
     if repeat_last_n < -1:
         raise LlamakitError(f"--repeat-last-n {repeat_last_n}: use -1, 0 or a positive count")
@@ -465,7 +527,11 @@ def perplexity(
     chunks: int = typer.Option(-1, "--chunks", help="Score at most this many chunks (-1: all)."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads (default: the physical cores)."),
+    threads_batch: Optional[int] = typer.Option(None, "-tb", "--threads-batch", help=_TB_HELP),
+    cache_type_k: str = typer.Option("f16", "-ctk", "--cache-type-k", help=_CTK_HELP),
+    cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help=_CTV_HELP),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
     gpu_layers: str = typer.Option("auto", "-ngl", "--gpu-layers", "--n-gpu-layers", help=_NGL_HELP),
     fit_margin: int = _FIT_MARGIN,
@@ -478,11 +544,15 @@ def perplexity(
     from .runtime.perplexity import run_perplexity
 
     text = _read_prompt_file(file)
-    _engine_threads(threads)
+    n_threads, n_threads_batch = _engine_threads(threads, threads_batch)
+    ctk, ctv = _cache_types(cache_type_k, cache_type_v)
     run_perplexity(_model_or_default(model), text, n_ctx=ctx_size, n_chunks=chunks, n_batch=batch_size,
                    n_ubatch=ubatch_size, use_mmap=not no_mmap,
-                   placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device),
-                   emit=lambda s: typer.echo(s, nl=False), log=lambda s: typer.echo(s, err=True))
+                   placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device,
+                                        cache_type_k),
+                   emit=lambda s: typer.echo(s, nl=False), log=lambda s: typer.echo(s, err=True),
+                   cache_type_k=ctk, cache_type_v=ctv, n_threads=n_threads, n_threads_batch=n_threads_batch,
+                   backend=backend)
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -493,7 +563,11 @@ def bench(
     reps: int = typer.Option(5, "-r", "--repetitions", help="Timed runs per test."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch size."),
     ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch size."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads (default: the physical cores)."),
+    threads_batch: Optional[int] = typer.Option(None, "-tb", "--threads-batch", help=_TB_HELP),
+    cache_type_k: str = typer.Option("f16", "-ctk", "--cache-type-k", help=_CTK_HELP),
+    cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help=_CTV_HELP),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory."),
     gpu_layers: str = typer.Option("auto", "-ngl", "--n-gpu-layers", help="GPU layers, comma-separated values each measured (llama-bench): 0,16,99 or auto."),
     fit_margin: int = _FIT_MARGIN,
@@ -503,8 +577,6 @@ def bench(
     device: Optional[str] = _DEVICE,
 ) -> None:
     """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
-    import torch
-
     from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
     from .runtime.devices import cuda_oom
     from .runtime.generate import Context
@@ -512,22 +584,27 @@ def bench(
 
     if reps < 1:
         raise LlamakitError(f"-r {reps}: give at least 1 repetition")
-    _engine_threads(threads)
-    options = [_placement(v, fit_margin, tensor_split, main_gpu, split_mode, device) for v in gpu_layers.split(",")]
+    n_threads, n_threads_batch = _engine_threads(threads, threads_batch)
+    ctk, ctv = _cache_types(cache_type_k, cache_type_v)
+    options = [_placement(v, fit_margin, tensor_split, main_gpu, split_mode, device, cache_type_k)
+               for v in gpu_layers.split(",")]
     rows: list[dict[str, str]] = []
     header_done = False
     n_ctx = max(n_prompt, n_gen, 1)
     for path in model or [_model_or_default(None)]:
         for opts in options:
-            with load_model(path, use_mmap=not no_mmap, options=opts, n_ctx=n_ctx, n_ubatch=ubatch_size) as lm:
+            with load_model(path, use_mmap=not no_mmap, backend=backend, log=lambda s: typer.echo(s, err=True),
+                            options=opts, n_ctx=n_ctx, n_ubatch=ubatch_size) as lm:
                 p = lm.placement
                 if opts.gpu_layers > 0 and not p.n_offloaded:
                     typer.echo(f"warning: -ngl {opts.gpu_layers}: {p.note or 'no accelerator'}; measuring the CPU",
                                err=True)
                 bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
-                ctx = Context(lm, n_ctx, batch_size, ubatch_size)
-                backend = "CUDA" if any(d.type == "cuda" for d in p.accelerators) and p.n_offloaded else "CPU"
-                base = {**model_row(lm), "backend": backend, "threads": str(torch.get_num_threads()),
+                ctx = Context(lm, n_ctx, batch_size, ubatch_size, ctk, cache_dtype_v=ctv,
+                              n_threads=n_threads, n_threads_batch=n_threads_batch)
+                threads_col = str(n_threads) if n_threads_batch == n_threads else f"{n_threads}/{n_threads_batch}"
+                on_cuda = any(d.type == "cuda" for d in p.accelerators) and p.n_offloaded
+                base = {**model_row(lm), "backend": "CUDA" if on_cuda else "CPU", "threads": threads_col,
                         "ngl": str(p.n_offloaded)}
                 with cuda_oom(p.accelerators[0] if p.accelerators else torch.device("cpu"), p):
                     for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
@@ -578,3 +655,7 @@ def plan(
         typer.echo(json.dumps(plan_json(p), indent=1))
         return
     typer.echo("\n".join(plan_lines(p)))
+
+
+if __name__ == "__main__":  # python -m llamakit.cli
+    app()

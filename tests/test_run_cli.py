@@ -180,3 +180,41 @@ def test_bench_cli_table() -> None:
 def test_perplexity_rejects_arguments_that_score_nothing(args: tuple[str, str], message: str) -> None:
     r = invoke("perplexity", "-m", F32, "-f", str(TINY / "corpus.txt"), *args)
     assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.output
+
+
+def test_run_cache_types_and_threads() -> None:
+    base = ("run", "-m", F32, "-p", PROMPT, "-n", "24", "--temp", "0", "-c", "512", "--no-display-prompt")
+    f32 = invoke(*base, "-ctk", "f32", "-ctv", "f32", "-t", "1", "-tb", "2")
+    assert f32.exit_code == 0, f32.output
+    assert f32.stdout == GREEDY["text"] + "\n"  # llama.cpp's greedy text with either cache type
+    bad = invoke(*base, "-ctk", "q8_0")
+    assert bad.exit_code == 1 and "--cache-type-k q8_0: unsupported KV cache type; use f16 or f32" in bad.output
+    bad = invoke(*base, "-tb", "0")
+    assert bad.exit_code == 1 and "--threads-batch 0: give at least 1" in bad.output
+    torch_only = invoke(*base, "--backend", "torch")
+    assert torch_only.exit_code == 0 and torch_only.stdout == GREEDY["text"] + "\n"
+
+
+def test_info_system_names_the_kernels() -> None:
+    r = invoke("info", "--system", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["threads"]["default"] >= 1 and d["torch"]
+    assert d["kernels"]["Q2_K"] == "torch-dequant"
+    if d["native"]["loaded"]:
+        assert d["kernels"]["Q4_1"] == f"native-{d['native']['variant']}"
+    else:
+        assert d["kernels"]["Q4_1"] == "torch-int4pack" and d["native"]["reason"]
+    assert set(d["native_variants"]) <= {"avx512", "avx2", "scalar"}
+
+
+def test_run_says_once_when_native_kernels_are_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamakit.kernels import registry
+
+    down = registry.NativeStatus(None, None, "no C compiler found (cc, gcc or clang)")
+    monkeypatch.setattr(registry, "native_status", lambda variant=None: down)
+    r = invoke("run", "-m", str(TINY_GGUF / "quantize-Q4_1.gguf"), "-p", PROMPT, "-n", "4", "--temp", "0",
+               "-c", "128", "--no-perf")
+    assert r.exit_code == 0, r.output
+    line = "llamakit: native kernels unavailable (no C compiler found (cc, gcc or clang)); using torch kernels (slower)"
+    assert r.stderr.splitlines().count(line) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from llamakit.runtime.generate import Context, Generation, resolve_keep
@@ -15,21 +16,29 @@ from .conftest import TINY, TINY_GGUF
 TOKENS = json.loads((TINY / "logits" / "tokens.json").read_text())["tokens"]
 
 
-def test_shift_equals_recomputing_the_kept_tokens_in_layer_0() -> None:
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 2e-5, 0), (torch.float16, 1e-3, 2e-3)])
+@pytest.mark.parametrize("seq", [0, 2])
+def test_shift_equals_recomputing_the_kept_tokens_in_layer_0(dtype: torch.dtype, atol: float, rtol: float,
+                                                              seq: int) -> None:
     # Layer 0's keys and values depend only on the token and its position, so after dropping
     # [keep, keep + discard) the moved entries must equal a fresh evaluation of the shorter sequence.
+    # (float16: the moved keys are rotated in float32 and rounded again: one ulp, 2^-10 relative.)
     keep, discard = 3, 8
     with load_model(TINY_GGUF / "convert-f32.gguf") as lm:
-        ctx = Context(lm, 64)
-        ctx.decode(TOKENS)
-        ctx.shift(keep, discard)
-        assert ctx.n_past == len(TOKENS) - discard
-        k_shift, v_shift = (t[:, :ctx.n_past].clone() for t in ctx.cache.layers[0])
-        fresh = Context(lm, 64)
+        ctx = Context(lm, 64, cache_dtype=dtype, n_seq=3)
+        ctx.decode(TOKENS, seq=seq)
+        ctx.decode(TOKENS[:5], seq=1)  # another sequence: untouched by the shift
+        before = ctx.kv_export(1)
+        ctx.shift(keep, discard, seq=seq)
+        assert ctx.n_past_of(seq) == len(TOKENS) - discard and ctx.n_past_of(1) == 5
+        k_shift, v_shift = (t[seq, :, :ctx.n_past_of(seq)].clone() for t in ctx.cache.layers[0])
+        fresh = Context(lm, 64, cache_dtype=dtype)
         fresh.decode(TOKENS[:keep] + TOKENS[keep + discard:])
-        k_new, v_new = (t[:, :fresh.n_past] for t in fresh.cache.layers[0])
-    torch.testing.assert_close(k_shift, k_new, atol=2e-5, rtol=0)
+        k_new, v_new = (t[0, :, :fresh.n_past] for t in fresh.cache.layers[0])
+        after = ctx.kv_export(1)
+    torch.testing.assert_close(k_shift, k_new, atol=atol, rtol=rtol)
     torch.testing.assert_close(v_shift, v_new, atol=0, rtol=0)
+    assert all(torch.equal(a, b) for x, y in zip(before, after) for a, b in zip(x, y))
 
 
 def test_resolve_keep() -> None:

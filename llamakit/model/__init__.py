@@ -2,7 +2,7 @@
 
 from .config import LlamaConfig
 from .layers import QuantEmbedding, QuantLinear
-from .llama import Block, Llama, RMSNorm, apply_rope, rope_cos_sin
+from .llama import Batch, Block, Llama, RMSNorm, Run, apply_rope, rope_cos_sin, rope_tables
 
-__all__ = ["Block", "Llama", "LlamaConfig", "QuantEmbedding", "QuantLinear", "RMSNorm", "apply_rope",
-           "rope_cos_sin"]
+__all__ = ["Batch", "Block", "Llama", "LlamaConfig", "QuantEmbedding", "QuantLinear", "RMSNorm", "Run",
+           "apply_rope", "rope_cos_sin", "rope_tables"]

@@ -6,14 +6,22 @@ Module attributes are GGUF tensor names, so `state_dict()` keys are exactly the 
 For a model with tied embeddings the loader gives `output` the bytes of `token_embd`.
 
 No file I/O and no device choice here: each block runs where its weights are, the hidden state follows it.
-The KV cache is storage the caller owns: one (k, v) pair per block, each float (n_head_kv, n_ctx, head_dim),
-with position p at slot p; `forward(tokens, start, kv)` writes slots [start, start + T) and attends to
-[0, start + T).
+The KV cache is storage the caller owns: one (k, v) pair per block, each (n_seq, n_head_kv, n_ctx,
+head_dim) in float16 or float32, position p of sequence s at [s, :, p]. A forward takes a `Batch`: the
+tokens' positions and sequence ids as tensors (gpt-fast's input_pos) plus the per-sequence runs worked out
+once per call; each block writes the batch's K/V first, then a token at position p of sequence s attends
+to slots [0, p] of s. RoPE angles come from tables for all n_ctx positions (`rope_tables`, once per
+context) indexed by the positions.
+
+`forward(..., fused=)` is the hook for a runtime that runs whole blocks natively: entry i, when not None,
+is called as fused[i](x, pos32, seq32, cos_table, sin_table) and updates x (float32 (T, n_embd),
+contiguous) in place instead of block i's torch code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +32,65 @@ from .config import LlamaConfig
 from .layers import QuantEmbedding, QuantLinear
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
+FusedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """Tokens rows [i0, i1) of a batch are sequence `seq`'s positions [p0, p1): consecutive, in order."""
+
+    seq: int
+    i0: int
+    i1: int
+    p0: int
+    p1: int
+
+
+@dataclass
+class Batch:
+    """Where a forward's tokens go. pos, seq: int64 (T,); runs: the same as consecutive runs (Python
+    ints, so blocks decide slicing and masks without reading tensors)."""
+
+    pos: torch.Tensor
+    seq: torch.Tensor
+    runs: tuple[Run, ...]
+    _pos32: torch.Tensor | None = field(default=None, repr=False)
+    _seq32: torch.Tensor | None = field(default=None, repr=False)
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def single(cls, seq: int, start: int, n: int) -> "Batch":
+        """n tokens of one sequence at positions [start, start + n)."""
+        return cls(torch.arange(start, start + n), torch.full((n,), seq, dtype=torch.long),
+                   (Run(seq, 0, n, start, start + n),))
+
+    @classmethod
+    def of_runs(cls, runs: Sequence[Run]) -> "Batch":
+        pos = torch.cat([torch.arange(r.p0, r.p1) for r in runs])
+        seq = torch.cat([torch.full((r.i1 - r.i0,), r.seq, dtype=torch.long) for r in runs])
+        return cls(pos, seq, tuple(runs))
+
+    @property
+    def n_tokens(self) -> int:
+        return self.runs[-1].i1
+
+    def int32(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos, seq as int32 (the native block's argument types), made once per batch."""
+        if self._pos32 is None:
+            self._pos32 = self.pos.to(torch.int32)
+            self._seq32 = self.seq.to(torch.int32)
+        return self._pos32, self._seq32  # type: ignore[return-value]
+
+    def mask(self, r: Run, device: torch.device) -> torch.Tensor | None:
+        """bool (T_r, p1) for run r: query i (position p0 + i) sees slots <= p0 + i. None where SDPA needs
+        no mask (one token sees everything written) or is_causal does it (a run from position 0)."""
+        if r.i1 - r.i0 == 1 or r.p0 == 0:
+            return None
+        key = (r.i0, device)
+        if key not in self._masks:
+            qpos = torch.arange(r.p0, r.p1, device=device)[:, None]
+            self._masks[key] = torch.arange(r.p1, device=device)[None, :] <= qpos
+        return self._masks[key]
 
 
 class RMSNorm(nn.Module):
@@ -52,12 +119,25 @@ def rope_cos_sin(cfg: LlamaConfig, positions: torch.Tensor, freq_factors: torch.
     return ang.cos().float(), ang.sin().float()
 
 
+def rope_tables(cfg: LlamaConfig, n_ctx: int, freq_factors: torch.Tensor | None = None,
+                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin float32 (n_ctx, n_rot/2) for positions 0..n_ctx-1: computed once per context, indexed
+    by position at each step (the same values as rope_cos_sin of those positions)."""
+    return rope_cos_sin(cfg, torch.arange(n_ctx, device=device), freq_factors)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """(T, H, D) rotated on adjacent pairs (x[2i], x[2i+1]) by cos/sin (T, D/2): GGUF's q/k layout
     (LLAMA_ROPE_TYPE_NORM)."""
     x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
     c, s = cos[:, None, :], sin[:, None, :]
     return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+
+
+def _rope_complex(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """apply_rope with the pairs as complex numbers: (x0 + i x1) (cos + i sin), one multiply.
+    x float32 (T, H, D), rot complex64 (T, 1, D/2)."""
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
 
 
 class Block(nn.Module):
@@ -78,31 +158,35 @@ class Block(nn.Module):
         self.ffn_up = QuantLinear(e, ff, types["ffn_up"], "ffn_up" in b)
         self.ffn_down = QuantLinear(ff, e, types["ffn_down"], "ffn_down" in b)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: KVPair, start: int
-                ) -> torch.Tensor:
-        """x float32 (T, n_embd) at positions [start, start+T) -> (T, n_embd)."""
+    def forward(self, x: torch.Tensor, rot: torch.Tensor, kv: KVPair, batch: Batch) -> torch.Tensor:
+        """x float32 (T, n_embd), rot complex64 (T, 1, n_rot/2) (the tokens' RoPE) -> (T, n_embd)."""
         cfg = self.cfg
         t = x.shape[0]
         h = self.attn_norm(x)
-        q = apply_rope(self.attn_q(h).view(t, cfg.n_head, cfg.head_dim), cos, sin)
-        k = apply_rope(self.attn_k(h).view(t, cfg.n_head_kv, cfg.head_dim), cos, sin)
+        q = _rope_complex(self.attn_q(h).view(t, cfg.n_head, cfg.head_dim), rot)
+        k = _rope_complex(self.attn_k(h).view(t, cfg.n_head_kv, cfg.head_dim), rot)
         v = self.attn_v(h).view(t, cfg.n_head_kv, cfg.head_dim)
-        k_cache, v_cache = kv  # (n_head_kv, n_ctx, hd)
-        end = start + t
-        k_cache[:, start:end] = k.transpose(0, 1)
-        v_cache[:, start:end] = v.transpose(0, 1)
-        keys = k_cache[None, :, :end].to(q.dtype)  # (1, n_head_kv, S, hd)
-        vals = v_cache[None, :, :end].to(q.dtype)
-        qh = q.transpose(0, 1)[None]  # (1, n_head, T, hd)
-        if t == 1:
-            a = F.scaled_dot_product_attention(qh, keys, vals, enable_gqa=True)
-        elif start == 0:
-            a = F.scaled_dot_product_attention(qh, keys, vals, is_causal=True, enable_gqa=True)
-        else:  # a batch after earlier tokens: query i sees slots <= start + i
-            qpos = torch.arange(start, end, device=x.device)[:, None]
-            mask = torch.arange(end, device=x.device)[None, :] <= qpos
-            a = F.scaled_dot_product_attention(qh, keys, vals, attn_mask=mask, enable_gqa=True)
-        x = x + self.attn_output(a[0].transpose(0, 1).reshape(t, cfg.n_embd_q))
+        k_cache, v_cache = kv  # (n_seq, n_head_kv, n_ctx, hd)
+        runs = batch.runs
+        if len(runs) == 1:  # one sequence, consecutive positions: slice stores
+            r = runs[0]
+            k_cache[r.seq, :, r.p0:r.p1] = k.transpose(0, 1)
+            v_cache[r.seq, :, r.p0:r.p1] = v.transpose(0, 1)
+        else:
+            pos, seq = batch.pos.to(x.device), batch.seq.to(x.device)
+            k_cache[seq, :, pos] = k.to(k_cache.dtype)  # advanced indices first: (T, n_head_kv, hd)
+            v_cache[seq, :, pos] = v.to(v_cache.dtype)
+        outs = []
+        for r in runs:
+            keys = k_cache[r.seq, :, :r.p1][None].to(q.dtype)  # (1, n_head_kv, S, hd)
+            vals = v_cache[r.seq, :, :r.p1][None].to(q.dtype)
+            qh = q[r.i0:r.i1].transpose(0, 1)[None]  # (1, n_head, T_r, hd)
+            mask = batch.mask(r, x.device)
+            causal = mask is None and r.i1 - r.i0 > 1
+            outs.append(F.scaled_dot_product_attention(qh, keys, vals, attn_mask=mask, is_causal=causal,
+                                                       enable_gqa=True)[0].transpose(0, 1))
+        a = outs[0] if len(outs) == 1 else torch.cat(outs)
+        x = x + self.attn_output(a.reshape(t, cfg.n_embd_q))
         h = self.ffn_norm(x)
         return x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
 
@@ -124,20 +208,29 @@ class Llama(nn.Module):
         self.rope_freqs = nn.Module()
         self.rope_freqs.register_buffer("weight", torch.empty(cfg.n_rot // 2) if cfg.has_rope_freqs else None)
 
-    def forward(self, tokens: torch.Tensor, start: int, kv: Sequence[KVPair],
-                logits: str | torch.Tensor | None = "last") -> torch.Tensor | None:
-        """tokens int64 (T,) at positions [start, start+T) -> float32 logits (n, n_vocab) for the rows
-        `logits` picks: "last" (n = 1), "all" (n = T), an index tensor into [0, T), or None (no output
-        layer at all: only the KV cache is filled)."""
-        t = tokens.shape[0]
+    def forward(self, tokens: torch.Tensor, batch: Batch, kv: Sequence[KVPair],
+                rope: Mapping[torch.device, tuple[torch.Tensor, torch.Tensor]],
+                logits: str | torch.Tensor | None = "last", fused: Sequence[FusedFn | None] | None = None
+                ) -> torch.Tensor | None:
+        """tokens int64 (T,) placed by `batch` -> float32 logits (n, n_vocab) for the rows `logits` picks:
+        "last" (n = 1), "all" (n = T), an index tensor into [0, T), or None (no output layer at all: only
+        the KV cache is filled). `rope`: per device, the context's cos/sin tables (n_ctx, n_rot/2)."""
         h = self.token_embd(tokens)
-        positions = torch.arange(start, start + t)
-        angles: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        rots: dict[torch.device, torch.Tensor] = {}
         for i, (blk, pair) in enumerate(zip(self.blk, kv)):
             dev = blk.attn_norm.weight.device
-            if dev not in angles:
-                angles[dev] = rope_cos_sin(self.cfg, positions.to(dev), self.rope_freqs.weight)
-            h = blk(self.hop(h, i, dev), *angles[dev], pair, start)
+            fn = fused[i] if fused is not None else None
+            h = self.hop(h, i, dev)
+            if fn is not None:
+                h = h.contiguous()
+                pos32, seq32 = batch.int32()
+                fn(h, pos32, seq32, *rope[dev])
+                continue
+            if dev not in rots:
+                cos, sin = rope[dev]
+                p = batch.pos.to(dev)
+                rots[dev] = torch.complex(cos[p], sin[p])[:, None, :]
+            h = blk(h, rots[dev], pair, batch)
         if logits is None:
             return None
         if isinstance(logits, str):

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from ..model import Batch, Run, rope_tables
+from .fused import fused_blocks
 from .kv_cache import KVCache
 from .loader import LoadedModel
 from .sampling import Sampler
+from .threads import Threads
 
 
 @dataclass
@@ -55,49 +58,149 @@ class Perf:
 
 
 class Context:
-    """A model with a KV cache for n_ctx positions; `decode` appends tokens and returns logits."""
+    """A model with a KV cache of n_seq sequences of n_ctx positions (llama.cpp's llama_context): `decode`
+    appends tokens to a sequence and returns logits; `decode_batch` does several sequences in one pass.
+
+    Threads: `n_threads` for single-token decodes, `n_threads_batch` for prompt batches (llama.cpp's -t /
+    -tb), applied to torch and to the native kernels' pool when they change (None: leave them as they are).
+    `fused`: run blocks whose weights are all native through one native call each (None: when possible).
+    """
 
     def __init__(self, lm: LoadedModel, n_ctx: int, n_batch: int = 2048, n_ubatch: int = 512,
-                 cache_dtype: torch.dtype = torch.float32) -> None:
+                 cache_dtype: torch.dtype = torch.float16, n_seq: int = 1, *,
+                 cache_dtype_v: torch.dtype | None = None, n_threads: int | None = None,
+                 n_threads_batch: int | None = None, fused: bool | None = None) -> None:
         self.lm, self.model, self.cfg = lm, lm.model, lm.config
-        self.n_ctx = n_ctx
+        if n_ctx < 1:
+            raise InputError(f"the context size must be at least 1 (got {n_ctx})")
+        if n_seq < 1:
+            raise InputError(f"n_seq must be at least 1 (got {n_seq})")
+        self.n_ctx, self.n_seq = n_ctx, n_seq
         self.n_batch = max(1, n_batch)
         self.n_ubatch = max(1, min(n_ubatch, self.n_batch))
-        self.cache = KVCache(self.cfg, n_ctx, lm.placement.blocks, cache_dtype)
-        self.n_past = 0
+        self.cache = KVCache(self.cfg, n_ctx, lm.placement.blocks, cache_dtype, n_seq, cache_dtype_v)
+        self._past = [0] * n_seq
         self.perf = Perf(t_start=lm.t_start)
         self._evaluated_once = False
+        freq = self.model.rope_freqs.weight
+        self.rope = {d: rope_tables(self.cfg, n_ctx, None if freq is None else freq.to(d), d)
+                     for d in {*lm.placement.blocks}}
+        self.threads = Threads(lm, n_threads, n_threads_batch)
+        self.fused = fused_blocks(lm, self.cache, max_tokens=self.n_ubatch) if fused is not False else None
+        if fused and self.fused is None:
+            raise InputError("fused blocks need every block weight on the native kernels (CPU, supported types)")
 
+    # -- positions ---------------------------------------------------------------------------------------
+    @property
+    def n_past(self) -> int:
+        """Sequence 0's length (the single-sequence API)."""
+        return self._past[0]
+
+    @n_past.setter
+    def n_past(self, n: int) -> None:
+        self._past[0] = n
+
+    def n_past_of(self, seq: int) -> int:
+        return self._past[self._seq(seq)]
+
+    def _seq(self, seq: int) -> int:
+        if not 0 <= seq < self.n_seq:
+            raise InputError(f"sequence {seq} does not exist (this context has {self.n_seq}: 0..{self.n_seq - 1})")
+        return seq
+
+    def clear(self, seq: int | None = None) -> None:
+        """Forget every sequence (None) or one."""
+        if seq is None:
+            self._past = [0] * self.n_seq
+        else:
+            self._past[self._seq(seq)] = 0
+
+    def truncate(self, n: int, seq: int = 0) -> None:
+        """Keep the first n positions of `seq` (prefix reuse: the next decode continues at n)."""
+        s = self._seq(seq)
+        if not 0 <= n <= self._past[s]:
+            raise InputError(f"cannot truncate sequence {seq} to {n} positions (it has {self._past[s]})")
+        self._past[s] = n
+
+    # -- state -------------------------------------------------------------------------------------------
+    def kv_export(self, seq: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer copies of K and V of the used positions, each (n_head_kv, n_past, head_dim), CPU."""
+        s = self._seq(seq)
+        return self.cache.export(s, self._past[s])
+
+    def kv_import(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], seq: int = 0) -> None:
+        s = self._seq(seq)
+        self._past[s] = self.cache.load(layers, s)
+
+    # -- evaluation --------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, tokens: Sequence[int], logits: str | torch.Tensor = "last") -> torch.Tensor:
-        """Process `tokens` at positions [n_past, n_past + len) in physical batches of n_ubatch.
+    def decode(self, tokens: Sequence[int], logits: str | torch.Tensor = "last", seq: int = 0) -> torch.Tensor:
+        """Process `tokens` at sequence `seq`'s next positions in physical batches of n_ubatch.
         Returns float32 logits for the last token ("last"), every token ("all"), or an index tensor's rows."""
         n = len(tokens)
         if n == 0:
             raise ValueError("decode needs at least one token")
-        if self.n_past + n > self.n_ctx:
-            raise InputError(f"{n} more tokens do not fit in the context ({self.n_past} of {self.n_ctx} used); "
+        s = self._seq(seq)
+        past = self._past[s]
+        if past + n > self.n_ctx:
+            raise InputError(f"{n} more tokens do not fit in the context ({past} of {self.n_ctx} used); "
                              f"raise -c")
         t0 = time.perf_counter()
+        self.threads.use(batch=n > 1)
         ids = torch.tensor(tokens, dtype=torch.long)
         want = None if isinstance(logits, str) else logits.to(torch.long)
         outs = []
-        for s in range(0, n, self.n_ubatch):
-            e = min(n, s + self.n_ubatch)
+        for b in range(0, n, self.n_ubatch):
+            e = min(n, b + self.n_ubatch)
             rows: str | torch.Tensor | None
             if want is None:
                 rows = "all" if logits == "all" else ("last" if e == n else None)
             else:
-                sel = want[(want >= s) & (want < e)] - s
+                sel = want[(want >= b) & (want < e)] - b
                 rows = sel if sel.numel() else None
-            out = self.model(ids[s:e], self.n_past, self.cache.layers, rows)
-            self.n_past += e - s
+            batch = Batch.single(s, self._past[s], e - b)
+            out = self.model(ids[b:e], batch, self.cache.layers, self.rope, rows, self.fused)
+            self._past[s] += e - b
             if out is not None:
                 outs.append(out)
         if not outs:
             result = torch.empty(0, self.cfg.n_vocab)
         else:
             result = outs[0] if len(outs) == 1 else torch.cat(outs)
+        self._count(n, t0)
+        return result
+
+    @torch.inference_mode()
+    def decode_batch(self, items: Sequence[tuple[int, Sequence[int]]]) -> list[torch.Tensor]:
+        """Several sequences' new tokens, (seq id, tokens) each (a sequence at most once), in ONE forward
+        pass; returns each item's last-token logits, float32 (1, n_vocab)."""
+        if not items:
+            return []
+        runs, i = [], 0
+        seen = set()
+        for seq, toks in items:
+            s = self._seq(seq)
+            if s in seen:
+                raise InputError(f"sequence {seq} appears twice in one batch")
+            seen.add(s)
+            if not toks:
+                raise ValueError(f"decode_batch: sequence {seq} has no tokens")
+            if self._past[s] + len(toks) > self.n_ctx:
+                raise InputError(f"{len(toks)} more tokens do not fit in sequence {seq}'s context "
+                                 f"({self._past[s]} of {self.n_ctx} used); raise -c")
+            runs.append(Run(s, i, i + len(toks), self._past[s], self._past[s] + len(toks)))
+            i += len(toks)
+        t0 = time.perf_counter()
+        self.threads.use(batch=i > 1)
+        ids = torch.tensor([t for _, toks in items for t in toks], dtype=torch.long)
+        last = torch.tensor([r.i1 - 1 for r in runs])
+        out = self.model(ids, Batch.of_runs(runs), self.cache.layers, self.rope, last, self.fused)
+        for r in runs:
+            self._past[r.seq] = r.p1
+        self._count(i, t0)
+        return [out[j:j + 1] for j in range(len(runs))]
+
+    def _count(self, n: int, t0: float) -> None:
         ms = (time.perf_counter() - t0) * 1e3
         if n > 1:
             self.perf.t_p_eval_ms += ms
@@ -108,10 +211,6 @@ class Context:
         if not self._evaluated_once:
             self._evaluated_once = True
             self.perf.t_load_ms = (time.perf_counter() - self.lm.t_start) * 1e3
-        return result
-
-    def clear(self) -> None:
-        self.n_past = 0
 
     def warmup(self, tokens: Sequence[int]) -> None:
         """llama.cpp's warmup: one decode (of [BOS, EOS]), then an empty cache and fresh counters."""
@@ -120,9 +219,10 @@ class Context:
         self.clear()
         self.perf.reset()
 
-    def shift(self, keep: int, discard: int) -> None:
-        self.cache.shift(keep, discard, self.n_past, self.model.rope_freqs.weight)
-        self.n_past -= discard
+    def shift(self, keep: int, discard: int, seq: int = 0) -> None:
+        s = self._seq(seq)
+        self.cache.shift(keep, discard, self._past[s], self.model.rope_freqs.weight, s)
+        self._past[s] -= discard
 
 
 def resolve_keep(keep: int, n_prompt: int, add_bos: bool) -> int:

@@ -102,8 +102,10 @@ def final_line(r: PerplexityResult) -> str:
 
 def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: int = -1, n_batch: int = 2048,
                    n_ubatch: int = 512, use_mmap: bool = True, gpu_layers: int = -1,
-                   placement: PlacementOptions | None = None,
-                   emit: Callable[[str], None] = lambda s: None, log: Callable[[str], None] = lambda s: None
+                   emit: Callable[[str], None] = lambda s: None, log: Callable[[str], None] = lambda s: None,
+                   cache_type_k: torch.dtype = torch.float16, cache_type_v: torch.dtype = torch.float16,
+                   n_threads: int | None = None, n_threads_batch: int | None = None, backend: str = "auto",
+                   placement: PlacementOptions | None = None
                    ) -> PerplexityResult:
     """`llamakit perplexity`: load, tokenize `text`, score, print the llama_perf context lines."""
     from ..tokenizer import Tokenizer
@@ -112,12 +114,13 @@ def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: 
 
     if n_ctx <= 0:
         raise InputError("perplexity needs -c > 0")
-    with load_model(model, use_mmap=use_mmap, gpu_layers=gpu_layers, options=placement, n_ctx=n_ctx,
-                    n_ubatch=n_ubatch) as lm:
+    with load_model(model, use_mmap=use_mmap, gpu_layers=gpu_layers, backend=backend, log=log, options=placement,
+                    n_ctx=n_ctx, n_ubatch=n_ubatch) as lm:
         for line in describe_offload(lm, placement.gpu_layers if placement is not None else gpu_layers):
             log(line)
         tok = Tokenizer.from_metadata(lm.metadata)
-        ctx = prepare_context(lm, n_ctx, n_batch, n_ubatch, log)
+        ctx = prepare_context(lm, n_ctx, n_batch, n_ubatch, log, cache_type_k=cache_type_k,
+                              cache_type_v=cache_type_v, n_threads=n_threads, n_threads_batch=n_threads_batch)
         log("perplexity: tokenizing the input ..")
         t0 = time.perf_counter()
         tokens = tok.encode(text, add_special=True, parse_special=False)

@@ -50,6 +50,11 @@ class RunOptions:
     display_prompt: bool = True
     warmup: bool = True
     perf: bool = True
+    cache_type_k: torch.dtype = torch.float16  # -ctk
+    cache_type_v: torch.dtype = torch.float16  # -ctv
+    n_threads: int | None = None  # -t (None: leave torch's setting)
+    n_threads_batch: int | None = None  # -tb (None: = n_threads)
+    backend: str = "auto"  # kernels: auto | native | torch
 
 
 @dataclass
@@ -62,8 +67,9 @@ class RunResult:
     seed: int = 0
 
 
-def prepare_context(lm: LoadedModel, n_ctx: int, n_batch: int, n_ubatch: int, log: Callable[[str], None]
-                    ) -> Context:
+def prepare_context(lm: LoadedModel, n_ctx: int, n_batch: int, n_ubatch: int, log: Callable[[str], None],
+                    *, cache_type_k: torch.dtype = torch.float16, cache_type_v: torch.dtype = torch.float16,
+                    n_threads: int | None = None, n_threads_batch: int | None = None) -> Context:
     n_ctx_train = lm.config.n_ctx_train
     if n_ctx < 0:
         raise InputError(f"-c {n_ctx}: the context size must be >= 0 (0 = the model's {n_ctx_train})")
@@ -71,7 +77,8 @@ def prepare_context(lm: LoadedModel, n_ctx: int, n_batch: int, n_ubatch: int, lo
         n_ctx = n_ctx_train
     if n_ctx > n_ctx_train:
         log(f"warning: model was trained on only {n_ctx_train} context tokens ({n_ctx} specified)")
-    return Context(lm, n_ctx, n_batch, n_ubatch)
+    return Context(lm, n_ctx, n_batch, n_ubatch, cache_type_k, cache_dtype_v=cache_type_v, n_threads=n_threads,
+                   n_threads_batch=n_threads_batch)
 
 
 def warmup_tokens(tok: Tokenizer) -> list[int]:
@@ -106,7 +113,8 @@ def _reverse_prompt_hit(tail: str, reverse_prompts: Sequence[str]) -> bool:
 
 def run(opts: RunOptions, out: Callable[[str], None], log: Callable[[str], None]) -> RunResult:
     lm = load_model(opts.model, use_mmap=opts.use_mmap, gpu_layers=opts.gpu_layers, devices=opts.devices,
-                    options=opts.placement, n_ctx=opts.n_ctx, n_ubatch=opts.n_ubatch)
+                    backend=opts.backend, log=log, options=opts.placement, n_ctx=opts.n_ctx,
+                    n_ubatch=opts.n_ubatch)
     try:
         with cuda_oom(lm.placement.accelerators[0] if lm.placement.accelerators else torch.device("cpu"),
                       lm.placement):
@@ -121,7 +129,9 @@ def _run(lm: LoadedModel, opts: RunOptions, out: Callable[[str], None], log: Cal
     asked = opts.placement.gpu_layers if opts.placement is not None else opts.gpu_layers
     for line in describe_offload(lm, asked):
         log(line)
-    ctx = prepare_context(lm, opts.n_ctx, opts.n_batch, opts.n_ubatch, log)
+    ctx = prepare_context(lm, opts.n_ctx, opts.n_batch, opts.n_ubatch, log, cache_type_k=opts.cache_type_k,
+                          cache_type_v=opts.cache_type_v, n_threads=opts.n_threads,
+                          n_threads_batch=opts.n_threads_batch)
     conversation = opts.conversation if opts.conversation is not None else bool(tok.chat_template)
     if conversation:
         messages = ([{"role": "system", "content": opts.system_prompt}] if opts.system_prompt else []) + [
