@@ -577,6 +577,8 @@ def bench(
     device: Optional[str] = _DEVICE,
 ) -> None:
     """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
+    import torch
+
     from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
     from .runtime.devices import cuda_oom
     from .runtime.generate import Context

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..gguf.constants import GGML_BLOCK, GGMLType
-from ..model import Block, LlamaConfig, rope_cos_sin
+from ..model import Batch, Block, LlamaConfig, rope_cos_sin
 from ..kernels.registry import kernel_for
 from ..quants import get_codec
 from .costmodel import DeviceSpeed
@@ -107,11 +107,14 @@ def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
         if hasattr(mod, "set_kernel"):
             k = _kernel(mod.ggml_type, device)
             mod.set_kernel(k, k.prepare(mod.weight))
-    kv = (torch.zeros(4, 64, 64, device=device), torch.zeros(4, 64, 64, device=device))
+    kv = (torch.zeros(1, 4, 64, 64, dtype=torch.float16, device=device),
+          torch.zeros(1, 4, 64, 64, dtype=torch.float16, device=device))  # (n_seq, n_head_kv, n_ctx, hd)
     cos, sin = rope_cos_sin(cfg, torch.tensor([8], device=device))
+    rot = torch.complex(cos, sin)[:, None, :]
+    batch = Batch.single(0, 8, 1)
     x = torch.randn(1, 256, device=device)
     with torch.inference_mode():
-        return _time(lambda: blk(x, cos, sin, kv, 8), device, reps=9)
+        return _time(lambda: blk(x, rot, kv, batch), device, reps=9)
 
 
 def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: dict[str, GGMLType],
