@@ -385,6 +385,47 @@ _TB_HELP = "Threads for prompt processing (batches; default: --threads)."
 _BACKEND_HELP = "Kernels: auto (native C where it builds, else torch), native, torch, exact (float32 reference)."
 
 
+_NGL_HELP = ("Layers to put on the GPU (llama.cpp's -ngl): a count (the last N blocks; N > n_layer adds the "
+             "output layer) or auto: as many as fit in free VRAM minus --fit-margin (the default).")
+_FIT_MARGIN = typer.Option(1024, "--fit-margin", help="MiB left free on every GPU when -ngl auto fits layers.")
+_TENSOR_SPLIT = typer.Option(None, "-ts", "--tensor-split", help="Share of the offloaded layers per GPU, e.g. 3,1 (default: by free memory).")
+_MAIN_GPU = typer.Option(0, "-mg", "--main-gpu", help="The GPU used with --split-mode none.")
+_SPLIT_MODE = typer.Option("layer", "-sm", "--split-mode", help="layer: contiguous runs of layers over the GPUs; none: all on --main-gpu.")
+_DEVICE = typer.Option(None, "-dev", "--device", help="GPUs to use, comma-separated (cuda:0,cuda:1), or none (default: every CUDA device).")
+
+
+def _gpu_layers(text: str) -> int:
+    from .runtime.placement import AUTO
+
+    t = text.strip().lower()
+    if t in ("auto", "-1"):
+        return AUTO
+    try:
+        n = int(t)
+    except ValueError:
+        raise LlamakitError(f"-ngl {text}: give a layer count (0, 16, 99...) or auto") from None
+    if n < 0:
+        raise LlamakitError(f"-ngl {text}: give a layer count >= 0 or auto")
+    return n
+
+
+def _placement(ngl: str, fit_margin: int, tensor_split: Optional[str], main_gpu: int, split_mode: str,
+               device: Optional[str], cache_type: str = "f16"):  # type: ignore[no-untyped-def]
+    """The PlacementOptions of the device flags (shared by run, perplexity, bench and plan)."""
+    from .runtime.placement import MiB, PlacementOptions
+
+    split: tuple[float, ...] = ()
+    if tensor_split:
+        try:
+            split = tuple(float(x) for x in tensor_split.replace("/", ",").split(","))
+        except ValueError:
+            raise LlamakitError(f"--tensor-split {tensor_split}: give numbers separated by commas, e.g. 3,1") from None
+    devices = tuple(d.strip() for d in device.split(",") if d.strip()) if device else ()
+    return PlacementOptions(gpu_layers=_gpu_layers(ngl), fit_margin=fit_margin * MiB, tensor_split=split,
+                            main_gpu=main_gpu, split_mode=split_mode, devices=devices,
+                            cache_type=cache_type.lower())
+
+
 def _model_or_default(model: Optional[Path]) -> Path:
     if model is not None:
         return model
@@ -429,7 +470,12 @@ def run(
     cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help=_CTV_HELP),
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
-    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (llama.cpp's -ngl; this version runs on the CPU)."),
+    gpu_layers: str = typer.Option("auto", "-ngl", "--gpu-layers", "--n-gpu-layers", help=_NGL_HELP),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    device: Optional[str] = _DEVICE,
     keep: int = typer.Option(0, "--keep", help="Prompt tokens kept when the context shifts (-1: all)."),
     context_shift: bool = typer.Option(True, "--context-shift/--no-context-shift", help="When the context fills: drop half of it and go on, or stop."),
     conversation: Optional[bool] = typer.Option(None, "-cnv/-no-cnv", "--conversation/--no-conversation", help="Wrap the prompt in the model's chat template (default: when it has one)."),
@@ -460,7 +506,8 @@ def run(
         sampling=SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                 repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
                                 frequency_penalty=frequency_penalty, seed=seed),
-        reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap, gpu_layers=gpu_layers,
+        reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap,
+        placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device, cache_type_k),
         keep=keep, context_shift=context_shift, conversation=conversation, system_prompt=system_prompt,
         special=special, display_prompt=display_prompt, warmup=warmup, perf=perf, cache_type_k=ctk,
         cache_type_v=ctv, n_threads=n_threads, n_threads_batch=n_threads_batch, backend=backend,
@@ -487,7 +534,12 @@ def perplexity(
     cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help=_CTV_HELP),
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory instead of mapping the file."),
-    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (this version runs on the CPU)."),
+    gpu_layers: str = typer.Option("auto", "-ngl", "--gpu-layers", "--n-gpu-layers", help=_NGL_HELP),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Perplexity of a text, as llama.cpp's llama-perplexity: running [i] values, then the final estimate."""
     from .runtime.perplexity import run_perplexity
@@ -496,7 +548,9 @@ def perplexity(
     n_threads, n_threads_batch = _engine_threads(threads, threads_batch)
     ctk, ctv = _cache_types(cache_type_k, cache_type_v)
     run_perplexity(_model_or_default(model), text, n_ctx=ctx_size, n_chunks=chunks, n_batch=batch_size,
-                   n_ubatch=ubatch_size, use_mmap=not no_mmap, gpu_layers=gpu_layers,
+                   n_ubatch=ubatch_size, use_mmap=not no_mmap,
+                   placement=_placement(gpu_layers, fit_margin, tensor_split, main_gpu, split_mode, device,
+                                        cache_type_k),
                    emit=lambda s: typer.echo(s, nl=False), log=lambda s: typer.echo(s, err=True),
                    cache_type_k=ctk, cache_type_v=ctv, n_threads=n_threads, n_threads_batch=n_threads_batch,
                    backend=backend)
@@ -516,9 +570,18 @@ def bench(
     cache_type_v: str = typer.Option("f16", "-ctv", "--cache-type-v", help=_CTV_HELP),
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory."),
+    gpu_layers: str = typer.Option("auto", "-ngl", "--n-gpu-layers", help="GPU layers, comma-separated values each measured (llama-bench): 0,16,99 or auto."),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    device: Optional[str] = _DEVICE,
 ) -> None:
     """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
+    import torch
+
     from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
+    from .runtime.devices import cuda_oom
     from .runtime.generate import Context
     from .runtime.loader import load_model
 
@@ -526,25 +589,75 @@ def bench(
         raise LlamakitError(f"-r {reps}: give at least 1 repetition")
     n_threads, n_threads_batch = _engine_threads(threads, threads_batch)
     ctk, ctv = _cache_types(cache_type_k, cache_type_v)
+    options = [_placement(v, fit_margin, tensor_split, main_gpu, split_mode, device, cache_type_k)
+               for v in gpu_layers.split(",")]
     rows: list[dict[str, str]] = []
     header_done = False
+    n_ctx = max(n_prompt, n_gen, 1)
     for path in model or [_model_or_default(None)]:
-        with load_model(path, use_mmap=not no_mmap, backend=backend, log=lambda s: typer.echo(s, err=True)) as lm:
-            bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
-            ctx = Context(lm, max(n_prompt, n_gen, 1), batch_size, ubatch_size, ctk, cache_dtype_v=ctv,
-                          n_threads=n_threads, n_threads_batch=n_threads_batch)
-            threads_col = str(n_threads) if n_threads_batch == n_threads else f"{n_threads}/{n_threads_batch}"
-            base = {**model_row(lm), "backend": "CPU", "threads": threads_col}
-            for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
-                if n <= 0:
-                    continue
-                r = fn(ctx, n, bos, reps)
-                rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
-                lines = markdown_table(rows)
-                if not header_done:
-                    typer.echo("\n".join(lines[:2]))
-                    header_done = True
-                typer.echo(markdown_table(rows)[-1])
+        for opts in options:
+            with load_model(path, use_mmap=not no_mmap, backend=backend, log=lambda s: typer.echo(s, err=True),
+                            options=opts, n_ctx=n_ctx, n_ubatch=ubatch_size) as lm:
+                p = lm.placement
+                if opts.gpu_layers > 0 and not p.n_offloaded:
+                    typer.echo(f"warning: -ngl {opts.gpu_layers}: {p.note or 'no accelerator'}; measuring the CPU",
+                               err=True)
+                bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
+                ctx = Context(lm, n_ctx, batch_size, ubatch_size, ctk, cache_dtype_v=ctv,
+                              n_threads=n_threads, n_threads_batch=n_threads_batch)
+                threads_col = str(n_threads) if n_threads_batch == n_threads else f"{n_threads}/{n_threads_batch}"
+                on_cuda = any(d.type == "cuda" for d in p.accelerators) and p.n_offloaded
+                base = {**model_row(lm), "backend": "CUDA" if on_cuda else "CPU", "threads": threads_col,
+                        "ngl": str(p.n_offloaded)}
+                with cuda_oom(p.accelerators[0] if p.accelerators else torch.device("cpu"), p):
+                    for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
+                        if n <= 0:
+                            continue
+                        r = fn(ctx, n, bos, reps)
+                        rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
+                        lines = markdown_table(rows)
+                        if not header_done:
+                            typer.echo("\n".join(lines[:2]))
+                            header_done = True
+                        typer.echo(lines[-1])
+
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def plan(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A .gguf, or a Hugging Face directory with --type (default: the default model)."),
+    type_name: Optional[str] = typer.Option(None, "--type", help="For a Hugging Face directory: the quantization to plan for (q4_k_m, q8_0, f16...)."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Free VRAM per GPU, comma-separated: 8G or 24G,24G (default: the CUDA devices found)."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="RAM available for the CPU part (default: this machine's MemAvailable)."),
+    ctx_size: int = typer.Option(4096, "-c", "--ctx-size", help="Context size the KV cache is sized for (0 = the model's)."),
+    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", help="KV cache type: f16, bf16, f32."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Prompt tokens per step."),
+    gpu_bw: Optional[float] = typer.Option(None, "--gpu-bw", help="GPU effective bandwidth in GB/s (default: probed on a CUDA device, else 250)."),
+    cpu_bw: Optional[float] = typer.Option(None, "--cpu-bw", help="CPU effective bandwidth in GB/s (default: probed)."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Measure the hardware present (a short kernel run) unless a bandwidth is given."),
+    fit_margin: int = _FIT_MARGIN,
+    tensor_split: Optional[str] = _TENSOR_SPLIT,
+    main_gpu: int = _MAIN_GPU,
+    split_mode: str = _SPLIT_MODE,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Memory per device and predicted tokens/s for every -ngl, and what -ngl auto would choose (no GPU needed)."""
+    from .runtime.devices import find_accelerators, ram_available
+    from .runtime.plan import machine_speeds, model_shape, parse_size, plan_json, plan_lines
+    from .runtime.plan import plan as make_plan
+
+    opts = _placement("auto", fit_margin, tensor_split, main_gpu, split_mode, None, cache_type)
+    shape = model_shape(_model_or_default(model), type_name)
+    budgets = [parse_size(v, "--vram") for v in vram.split(",")] if vram else [a.free for a in find_accelerators()[0]]
+    ram_b = parse_size(ram, "--ram") if ram else ram_available()
+    speeds = machine_speeds(shape, cpu_bw=cpu_bw, gpu_bw=gpu_bw, probe=probe)
+    n_gpus = max(1, len(opts.tensor_split))
+    p = make_plan(shape, n_ctx=ctx_size, cache_type=cache_type, vram=budgets, n_gpus=n_gpus, ram=ram_b,
+                  speeds=speeds, opts=opts, n_ubatch=ubatch_size)
+    if as_json:
+        typer.echo(json.dumps(plan_json(p), indent=1))
+        return
+    typer.echo("\n".join(plan_lines(p)))
 
 
 if __name__ == "__main__":  # python -m llamakit.cli

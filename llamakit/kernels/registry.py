@@ -6,6 +6,8 @@
                       dequantizing kernels for everything else (and for embeddings: row lookups)
     backend "auto":   "native" where it builds, else "torch" (`native_status` says why not, once)
     backend "exact":  the exact dequantizing torch kernels only, over the file's bytes (the reference)
+    device "cuda":    the Triton kernels (kernels/triton_kernels.py) unless backend is "torch"/"exact" or
+                      triton is not installed; then the exact torch kernels, which run on any device
 
 Every kernel has `name` ("native-avx512", "torch-int4pack", "torch-dequant"), `prepare(w)` (once, at
 load: the working form of the file's rows; identity for torch-dequant), `linear(x, w, n_in)` and
@@ -84,6 +86,12 @@ def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", *, backend: str = 
         raise ValueError(f"use must be one of {USES}, not {use!r}")
     ggml_type = GGMLType(ggml_type)
     exact = torch_kernel_for(ggml_type, what=what)  # also the type check: IQ* and unknown types raise here
+    if device_type == "cuda" and backend not in ("torch", "exact"):  # Triton's fused kernels, if installed
+        from . import triton_kernels
+
+        fused = triton_kernels.lookup(ggml_type, use)
+        if fused is not None:
+            return fused
     if device_type != "cpu" or backend == "exact":
         return exact
     if backend == "native" or (backend == "auto" and native_status(variant).ok):

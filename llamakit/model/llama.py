@@ -220,8 +220,7 @@ class Llama(nn.Module):
         for i, (blk, pair) in enumerate(zip(self.blk, kv)):
             dev = blk.attn_norm.weight.device
             fn = fused[i] if fused is not None else None
-            if h.device != dev:
-                h = h.to(dev)
+            h = self.hop(h, i, dev)
             if fn is not None:
                 h = h.contiguous()
                 pos32, seq32 = batch.int32()
@@ -241,5 +240,12 @@ class Llama(nn.Module):
                 raise ValueError(f"logits must be 'last', 'all' or an index tensor, not {logits!r}")
         else:
             h = h[logits.to(h.device)]
-        h = h.to(self.output_norm.weight.device)
-        return self.output(self.output_norm(h))
+        h = self.hop(h, self.cfg.n_layer, self.output_norm.weight.device)
+        out = self.output(self.output_norm(h))
+        return self.hop(out, self.cfg.n_layer + 1, self.token_embd.weight.device)
+
+    def hop(self, h: torch.Tensor, layer: int, device: torch.device) -> torch.Tensor:
+        """Move the hidden state to `device` before layer `layer` (n_layer: the output layer; n_layer + 1:
+        the logits, back to the input layer's device). The runtime may replace this per instance (a
+        Boundary that copies only where the placement changes device, through pinned buffers)."""
+        return h if h.device == device else h.to(device)

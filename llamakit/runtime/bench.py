@@ -79,8 +79,11 @@ def model_row(lm: LoadedModel) -> dict[str, str]:
 
 def markdown_table(rows: list[dict[str, str]]) -> list[str]:
     cols = ["model", "size", "params", "backend", "threads", "test", "t/s"]
-    right = {"size", "params", "threads", "test", "t/s"}
-    base = {"model": 30, "size": 10, "params": 10, "backend": 10, "threads": 7, "test": 13, "t/s": 20}  # llama-bench
+    if any("ngl" in r for r in rows):  # llama-bench adds the ngl column for GPU backends
+        cols.insert(5, "ngl")
+    right = {"size", "params", "threads", "ngl", "test", "t/s"}
+    base = {"model": 30, "size": 10, "params": 10, "backend": 10, "threads": 7, "ngl": 3, "test": 13,
+            "t/s": 20}  # llama-bench
     widths = {c: max(base[c], *(len(r[c]) for r in rows)) for c in cols}
     head = "| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |"
     rule = "| " + " | ".join(("-" * (widths[c] - 1) + ":") if c in right else "-" * widths[c] for c in cols) + " |"

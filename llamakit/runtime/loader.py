@@ -5,7 +5,10 @@ True)`) a zero-copy uint8 view into the memory-mapped file, so loading reads not
 its file pages only once they are used. `use_mmap=False` reads each tensor into ordinary memory instead
 (llama.cpp's --no-mmap: read(), so the file's pages are never mapped into the process) and closes the file.
 1-D float tensors (norms, biases, rope_freqs) become float32: F32 ones as views, others converted. Blocks go
-where `placement.place_layers` says.
+where placement.py says: `-ngl`/`auto` over the accelerators runtime/devices.py finds (or that the caller
+passes), from the layer sizes of this file; weights are copied to their device once, still packed (a CUDA
+out-of-memory there is one OutOfMemoryError line). A split model gets a Boundary (runtime/boundary.py) as
+its `hop`: the hidden state crosses each device boundary once per step.
 
 Kernels: every packed weight gets its kernel from `kernels.registry.kernel_for` (backend "auto" | "native" |
 "torch"). A kernel that computes from the file's bytes keeps the view; one that repacks (native, int4pack)
@@ -19,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,10 @@ from ..kernels.registry import kernel_for, unavailable_line
 from ..model.layers import QuantEmbedding, QuantLinear
 from ..quants import as_tensor, get_codec
 from .memory import trim_heap
-from .placement import Placement, place_layers
+from .boundary import Boundary
+from .devices import cuda_oom, find_accelerators, ram_available
+from .placement import (DeviceInfo, Placement, PlacementOptions, compute_reserve, kv_block_bytes,
+                        model_sizes, place, place_layers)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class LoadedModel:
     t_start: float  # time.perf_counter() when loading began (llama.cpp's load time runs from here)
     backend: str = "auto"
     variant: str | None = None  # the native variant asked for (None: the best this CPU runs)
+    boundary: Boundary | None = None  # set when the model is split over devices (counts transfers)
     _reader: GGUFReader | None = field(default=None, repr=False)
 
     def kernel_summary(self) -> dict[str, int]:
@@ -79,10 +86,16 @@ def _float_vector(data: torch.Tensor, ggml_type: GGMLType, n: int, what: str) ->
 
 def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
                devices: tuple[torch.device, ...] = (), backend: str = "auto", variant: str | None = None,
-               log: Callable[[str], None] | None = None) -> LoadedModel:
+               log: Callable[[str], None] | None = None, options: PlacementOptions | None = None,
+               accelerators: tuple[DeviceInfo, ...] | None = None, n_ctx: int = 4096,
+               n_ubatch: int = 512) -> LoadedModel:
     """Open a llama GGUF and build the model. Raises LlamakitError subclasses naming the file.
     `backend`/`variant` choose the kernels (kernels/registry.py); `log` gets the one line saying the native
-    kernels are unavailable when "auto" falls back to torch."""
+    kernels are unavailable when "auto" falls back to torch.
+
+    Placement: with `options`, -ngl (or auto) over `accelerators` (None: the CUDA devices found), fitted to
+    their free memory for a context of n_ctx (0: the model's) and n_ubatch; without, the plain -ngl
+    `gpu_layers` over `devices` (no memory check)."""
     t_start = time.perf_counter()
     path = Path(path)
     if not path.exists():
@@ -93,19 +106,52 @@ def load_model(path: str | Path, *, use_mmap: bool = True, gpu_layers: int = 0,
             line = unavailable_line(variant)
             if line:
                 log(line)
-        lm = _load(reader, path, use_mmap, gpu_layers, tuple(devices), t_start, backend, variant)
+        plan = _Plan(gpu_layers, tuple(devices), options, accelerators, n_ctx, n_ubatch)
+        lm = _load(reader, path, use_mmap, plan, t_start, backend, variant)
         return lm
     except BaseException:
         reader.close()
         raise
 
 
-def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devices: tuple[torch.device, ...],
-          t_start: float, backend: str, variant: str | None) -> LoadedModel:
+@dataclass(frozen=True)
+class _Plan:
+    gpu_layers: int
+    devices: tuple[torch.device, ...]
+    options: PlacementOptions | None
+    accelerators: tuple[DeviceInfo, ...] | None
+    n_ctx: int
+    n_ubatch: int
+
+
+def _place(reader: GGUFReader, cfg: LlamaConfig, plan: _Plan) -> Placement:
+    if plan.options is None:
+        return place_layers(cfg.n_layer, plan.gpu_layers, plan.devices)
+    opts = plan.options
+    why = None
+    if plan.accelerators is None:
+        found, why = find_accelerators(opts.devices)
+        accs = tuple(found)
+    else:
+        accs = plan.accelerators
+    n_ctx = plan.n_ctx or cfg.n_ctx_train
+    held = {t.name: (t.nbytes if len(t.shape) == 2 else 4 * t.n_elements) for t in reader.tensors}
+    compute, compute_out = compute_reserve(cfg.n_embd, cfg.n_embd_q, cfg.n_ff, cfg.n_head, cfg.n_embd_kv,
+                                           cfg.n_vocab, n_ctx, plan.n_ubatch)
+    sizes = model_sizes(held, cfg.n_layer, kv_block_bytes(n_ctx, cfg.n_embd_kv, opts.cache_type), compute,
+                        compute_out, cfg.tied_output)
+    placement = place(sizes, opts, [a.device for a in accs], [a.free for a in accs], ram_available())
+    if not accs and why is not None:
+        placement = replace(placement, note=f"no usable CUDA device: {why}")
+    return placement
+
+
+def _load(reader: GGUFReader, path: Path, use_mmap: bool, plan: _Plan, t_start: float, backend: str,
+          variant: str | None) -> LoadedModel:
     metadata = reader.metadata
     infos = {t.name: t for t in reader.tensors}
     cfg = LlamaConfig.from_gguf(metadata, infos, what=str(path))
-    placement = place_layers(cfg.n_layer, gpu_layers, devices)
+    placement = _place(reader, cfg, plan)
     for t in reader.tensors:  # IQ* and other types llamakit cannot compute: name tensor and type
         get_codec(t.ggml_type, what=f"{path}: tensor {t.name}")
     types = {name: t.ggml_type for name, t in infos.items()}
@@ -147,7 +193,8 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devic
                 # read(), even with mmap: a touch of a norm's page maps the file around it (fault-around,
                 # large folios: measured 2 MiB per block), next to weights that live in prepared copies
                 data = read(info)
-                state[name] = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}").to(dev)
+                with cuda_oom(dev, placement):
+                    state[name] = _float_vector(data, info.ggml_type, n, f"{path}: tensor {source}").to(dev)
                 continue
             # packed weight rows
             if info.nbytes != target.numel() or len(info.shape) != 2:
@@ -165,12 +212,14 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devic
                     if source not in copies:
                         copies[source] = read(info)
                     data = copies[source]
-                state[name] = data.view(target.shape).to(dev)
+                with cuda_oom(dev, placement):
+                    state[name] = data.view(target.shape).to(dev)
                 continue
             key = (source, kernel.name)
             if key not in prepared:
                 raw = copies[source] if source in copies else read(info)
-                prepared[key] = kernel.prepare(raw.view(target.shape)).to(dev)
+                with cuda_oom(dev, placement):
+                    prepared[key] = kernel.prepare(raw.view(target.shape)).to(dev)
                 del raw
                 trim_heap()  # the repacking temporaries, freed but scattered between the prepared tensors
             swapped[name] = prepared[key]  # another shape than the file's rows: set after load_state_dict
@@ -186,9 +235,13 @@ def _load(reader: GGUFReader, path: Path, use_mmap: bool, gpu_layers: int, devic
     if not use_mmap:
         reader.close()
         reader = None  # type: ignore[assignment]
+    boundary = None
+    if placement.n_offloaded:
+        boundary = Boundary(placement)
+        model.hop = boundary  # type: ignore[method-assign]  # instance attribute: this model's transfers
     return LoadedModel(model=model, config=cfg, metadata=metadata, path=path, placement=placement,
                        file_bytes=file_bytes, tensor_bytes=tensor_bytes, n_params=n_params, t_start=t_start,
-                       backend=backend, variant=variant, _reader=reader)
+                       backend=backend, variant=variant, boundary=boundary, _reader=reader)
 
 
 def _device_of(name: str, placement: Placement) -> torch.device:

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InputError
 from .generate import Context
+from .placement import PlacementOptions
 
 
 @dataclass
@@ -103,7 +104,8 @@ def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: 
                    n_ubatch: int = 512, use_mmap: bool = True, gpu_layers: int = -1,
                    emit: Callable[[str], None] = lambda s: None, log: Callable[[str], None] = lambda s: None,
                    cache_type_k: torch.dtype = torch.float16, cache_type_v: torch.dtype = torch.float16,
-                   n_threads: int | None = None, n_threads_batch: int | None = None, backend: str = "auto"
+                   n_threads: int | None = None, n_threads_batch: int | None = None, backend: str = "auto",
+                   placement: PlacementOptions | None = None
                    ) -> PerplexityResult:
     """`llamakit perplexity`: load, tokenize `text`, score, print the llama_perf context lines."""
     from ..tokenizer import Tokenizer
@@ -112,8 +114,9 @@ def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: 
 
     if n_ctx <= 0:
         raise InputError("perplexity needs -c > 0")
-    with load_model(model, use_mmap=use_mmap, gpu_layers=gpu_layers, backend=backend, log=log) as lm:
-        for line in describe_offload(lm, gpu_layers):
+    with load_model(model, use_mmap=use_mmap, gpu_layers=gpu_layers, backend=backend, log=log, options=placement,
+                    n_ctx=n_ctx, n_ubatch=n_ubatch) as lm:
+        for line in describe_offload(lm, placement.gpu_layers if placement is not None else gpu_layers):
             log(line)
         tok = Tokenizer.from_metadata(lm.metadata)
         ctx = prepare_context(lm, n_ctx, n_batch, n_ubatch, log, cache_type_k=cache_type_k,

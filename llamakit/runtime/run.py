@@ -20,8 +20,10 @@ import torch
 
 from ..errors import InputError
 from ..tokenizer import Tokenizer
+from .devices import cuda_oom
 from .generate import Context, Generation, resolve_keep
 from .loader import LoadedModel, load_model
+from .placement import PlacementOptions
 from .sampling import Sampler, SamplingParams
 
 
@@ -37,8 +39,9 @@ class RunOptions:
     reverse_prompts: tuple[str, ...] = ()
     ignore_eos: bool = False
     use_mmap: bool = True
-    gpu_layers: int = -1
+    gpu_layers: int = -1  # without `placement`: plain -ngl over `devices` (no memory check)
     devices: tuple[torch.device, ...] = ()
+    placement: PlacementOptions | None = None  # -ngl N|auto, --fit-margin, --tensor-split, --device...
     keep: int = 0
     context_shift: bool = True
     conversation: bool | None = None  # None = when the model has a chat template
@@ -84,10 +87,18 @@ def warmup_tokens(tok: Tokenizer) -> list[int]:
 
 
 def describe_offload(lm: LoadedModel, gpu_layers: int) -> list[str]:
+    """The load lines: a warning when -ngl N > 0 found no usable accelerator, what auto chose, then
+    llama.cpp's `offloaded X/Y layers to GPU` and the predicted memory per device."""
+    p = lm.placement
     lines = []
-    if gpu_layers > 0 and lm.placement.n_offloaded == 0:
-        lines.append(f"warning: --gpu-layers {gpu_layers}: this version runs everything on the CPU")
-    lines.append(f"offloaded {lm.placement.n_offloaded}/{lm.config.n_layer + 1} layers to GPU")
+    if gpu_layers > 0 and p.n_offloaded == 0:
+        why = p.note or "no accelerator was given"
+        lines.append(f"warning: -ngl {gpu_layers}: {why}; running everything on the CPU")
+    elif p.note and p.accelerators:
+        lines.append(p.note)
+    lines.append(f"offloaded {p.n_offloaded}/{lm.config.n_layer + 1} layers to GPU")
+    for dev, used in zip(p.accelerators, p.usage):
+        lines.append(f"{dev}: {used / 2**20:.0f} MiB (weights + KV + compute reserve, predicted)")
     return lines
 
 
@@ -102,9 +113,12 @@ def _reverse_prompt_hit(tail: str, reverse_prompts: Sequence[str]) -> bool:
 
 def run(opts: RunOptions, out: Callable[[str], None], log: Callable[[str], None]) -> RunResult:
     lm = load_model(opts.model, use_mmap=opts.use_mmap, gpu_layers=opts.gpu_layers, devices=opts.devices,
-                    backend=opts.backend, log=log)
+                    backend=opts.backend, log=log, options=opts.placement, n_ctx=opts.n_ctx,
+                    n_ubatch=opts.n_ubatch)
     try:
-        return _run(lm, opts, out, log)
+        with cuda_oom(lm.placement.accelerators[0] if lm.placement.accelerators else torch.device("cpu"),
+                      lm.placement):
+            return _run(lm, opts, out, log)
     finally:
         lm.close()
 
@@ -112,7 +126,8 @@ def run(opts: RunOptions, out: Callable[[str], None], log: Callable[[str], None]
 def _run(lm: LoadedModel, opts: RunOptions, out: Callable[[str], None], log: Callable[[str], None]) -> RunResult:
     cfg = lm.config
     tok = Tokenizer.from_metadata(lm.metadata)
-    for line in describe_offload(lm, opts.gpu_layers):
+    asked = opts.placement.gpu_layers if opts.placement is not None else opts.gpu_layers
+    for line in describe_offload(lm, asked):
         log(line)
     ctx = prepare_context(lm, opts.n_ctx, opts.n_batch, opts.n_ubatch, log, cache_type_k=opts.cache_type_k,
                           cache_type_v=opts.cache_type_v, n_threads=opts.n_threads,

@@ -1,0 +1,129 @@
+"""Short probes of this machine's effective speeds for the planner's cost model (costmodel.py).
+
+Each probe runs the kernels the engine would run, so what it measures includes their real cost:
+  bandwidth per ggml type: packed bytes / time of one linear (T = 1) over a matrix of ~`probe_bytes`
+      (larger than the caches), the median of a few runs after a warmup;
+  flop rate: the same kernel at a prompt batch (512 rows through a 1024-row weight of the blocks' most
+      common type): the prompt path as the engine runs it (dequantize + GEMM, or the native int8 path);
+  per-layer overhead: one token through a tiny block (n_embd 256) of the model's types, whose weights
+      are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches).
+CUDA timings synchronize before reading the clock. A probe takes well under a second per type on a CPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+from ..gguf.constants import GGML_BLOCK, GGMLType
+from ..model import Batch, Block, LlamaConfig, rope_cos_sin
+from ..kernels.registry import kernel_for
+from ..quants import get_codec
+from .costmodel import DeviceSpeed
+
+MiB = 1 << 20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
+    fn()  # warmup (and Triton compilation)
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _kernel(t: GGMLType, device: torch.device):  # type: ignore[no-untyped-def]
+    if device.type == "cuda":
+        from ..kernels.triton_kernels import lookup
+
+        k = lookup(t)
+        if k is not None:
+            return k
+    return kernel_for(t, device.type)
+
+
+def _matrix(t: GGMLType, n_in: int, nbytes: int, device: torch.device) -> torch.Tensor:
+    """A packed (rows, row_bytes) matrix of ~nbytes: 64 quantized random rows, repeated."""
+    g = torch.Generator().manual_seed(0)
+    base = get_codec(t).quantize(torch.randn(64, n_in, generator=g))
+    reps = max(1, nbytes // base.numel())
+    return base.repeat(reps, 1).to(device)
+
+
+def bandwidth(t: GGMLType, device: torch.device, n_in: int = 2048, probe_bytes: int = 8 * MiB) -> float:
+    """Effective packed bytes/s of the engine's linear kernel for type t on device."""
+    blk = GGML_BLOCK[t].block_size
+    n_in = max(blk, n_in // blk * blk)
+    w = _matrix(t, n_in, probe_bytes, device)
+    nbytes = w.numel()
+    x = torch.randn(1, n_in, device=device)
+    k = _kernel(t, device)
+    w = k.prepare(w)  # the kernel's working form (a repack for native kernels), as the loader does
+    return nbytes / _time(lambda: k.linear(x, w, n_in), device)
+
+
+def flop_rate(t: GGMLType, device: torch.device, n_in: int = 2048, rows: int = 1024, batch: int = 512) -> float:
+    """Effective flop/s of the engine's linear kernel for type t at a prompt batch (`batch` rows of
+    activations through a (rows, n_in) weight): what a prompt step's matmuls run at."""
+    blk = GGML_BLOCK[t].block_size
+    n_in = max(blk, n_in // blk * blk)
+    k = _kernel(t, device)
+    w = k.prepare(_matrix(t, n_in, rows * n_in * GGML_BLOCK[t].type_size // blk, device))
+    x = torch.randn(batch, n_in, device=device)
+    return 2 * batch * rows * n_in / _time(lambda: k.linear(x, w, n_in), device, reps=3)
+
+
+def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
+    """Seconds one token spends in a block besides moving its weights (a block of n_embd 256)."""
+    cfg = LlamaConfig(n_vocab=256, n_embd=256, n_layer=1, n_head=4, n_head_kv=4, n_ff=512, head_dim=64, n_rot=64,
+                      norm_eps=1e-5, rope_freq_base=10000.0, rope_freq_scale=1.0, n_ctx_train=64, tied_output=True,
+                      has_rope_freqs=False)
+    blk = Block(cfg, types)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, mod in blk.named_children():
+            w = getattr(mod, "weight", None)
+            if w is None:
+                continue
+            if w.dtype == torch.uint8:
+                rows, n_in = mod.out_features, mod.in_features
+                w.copy_(get_codec(mod.ggml_type).quantize(torch.randn(rows, n_in, generator=g) * 0.05))
+            else:
+                w.fill_(1.0)
+    blk = blk.to(device)
+    for mod in blk.modules():
+        if hasattr(mod, "set_kernel"):
+            k = _kernel(mod.ggml_type, device)
+            mod.set_kernel(k, k.prepare(mod.weight))
+    kv = (torch.zeros(1, 4, 64, 64, dtype=torch.float16, device=device),
+          torch.zeros(1, 4, 64, 64, dtype=torch.float16, device=device))  # (n_seq, n_head_kv, n_ctx, hd)
+    cos, sin = rope_cos_sin(cfg, torch.tensor([8], device=device))
+    rot = torch.complex(cos, sin)[:, None, :]
+    batch = Batch.single(0, 8, 1)
+    x = torch.randn(1, 256, device=device)
+    with torch.inference_mode():
+        return _time(lambda: blk(x, rot, kv, batch), device, reps=9)
+
+
+def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: dict[str, GGMLType],
+                 n_in: int = 2048) -> DeviceSpeed:
+    """Every probe for one device: bandwidth of each type, flop rate, per-layer overhead."""
+    with torch.inference_mode():
+        by_type = {t: bandwidth(t, device, n_in) for t in sorted(set(types))}
+        main = max(block_types.values(), key=list(block_types.values()).count)  # the blocks' usual type
+        flops = flop_rate(main, device, n_in)
+    over = layer_overhead(block_types, device)
+    bw = statistics.median(by_type.values()) if by_type else 0.0
+    return DeviceSpeed(bandwidth=bw, flops=flops, layer_overhead=over, by_type=by_type, source="probe")
