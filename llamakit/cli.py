@@ -6,7 +6,10 @@ Heavy modules (torch, the engine) are imported inside commands so `llamakit --he
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -341,6 +344,12 @@ def _read_prompt_file(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
+        from importlib.resources import files
+
+        packaged = files("llamakit").joinpath("prompts", f"{path}.txt")
+        if path.parent == Path(".") and packaged.is_file():  # -f chat-with-bob: a prompt shipped with llamakit
+            text = packaged.read_text(encoding="utf-8")
+            return text[:-1] if text.endswith("\n") else text
         raise LlamakitError(f"{path}: no such prompt file") from None
     except IsADirectoryError:
         raise LlamakitError(f"{path}: is a directory, expected a text file") from None
@@ -379,11 +388,21 @@ def run(
     display_prompt: bool = typer.Option(True, "--display-prompt/--no-display-prompt", help="Echo the prompt before the generated text."),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Run one warmup decode before timing."),
     perf: bool = typer.Option(True, "--perf/--no-perf", help="Print the llama_perf timing lines at the end."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Interactive: generate, stop at a reverse prompt (-r), read your input, go on (a conversation with -cnv)."),
+    in_prefix: str = typer.Option("", "--in-prefix", help="Text put before each input in -i mode."),
+    in_suffix: str = typer.Option("", "--in-suffix", help="Text put after each input in -i mode."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", metavar="NAME|FILE", help="Chat template: chatml, llama2, llama3, mistral, zephyr, phi3, gemma, or a Jinja file (default: the model's)."),
+    prompt_cache: Optional[Path] = typer.Option(None, "--prompt-cache", metavar="FILE", help="Reuse the prompt prefix saved in FILE and save the context there after the run."),
+    prompt_cache_ro: bool = typer.Option(False, "--prompt-cache-ro", help="Use --prompt-cache but do not update it."),
 ) -> None:
-    """Generate text from a GGUF model (llama.cpp's llama-cli): text to stdout, timings to stderr."""
+    """Generate text from a GGUF model (llama.cpp's llama-cli): text to stdout, timings to stderr.
+
+    With -cnv (or on a terminal, for a model with a chat template) or -i: an interactive session. Ctrl-C stops
+    an answer, Ctrl-D or /exit ends; /save FILE, /load FILE, /clear; a line ending in \\ continues."""
     from .runtime.run import RunOptions
     from .runtime.run import run as run_model
     from .runtime.sampling import SamplingParams
+    from .tokenizer.chat import resolve_template
 
     if prompt is not None and file is not None:
         raise LlamakitError("give the prompt with -p or -f, not both")
@@ -401,14 +420,58 @@ def run(
                                 frequency_penalty=frequency_penalty, seed=seed),
         reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap, gpu_layers=gpu_layers,
         keep=keep, context_shift=context_shift, conversation=conversation, system_prompt=system_prompt,
-        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf,
+        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf, interactive=interactive,
+        tty=sys.stdin.isatty(), chat_template=resolve_template(chat_template) if chat_template else None,
+        in_prefix=in_prefix, in_suffix=in_suffix, prompt_cache=prompt_cache, prompt_cache_ro=prompt_cache_ro,
     )
     if repeat_last_n < -1:
         raise LlamakitError(f"--repeat-last-n {repeat_last_n}: use -1, 0 or a positive count")
-    result = run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None,
-                       log=lambda s: typer.echo(s, err=True))
+    if prompt_cache_ro and prompt_cache is None:
+        raise LlamakitError("--prompt-cache-ro needs --prompt-cache FILE")
+    with _line_reader() as read:
+        result = run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None,
+                           log=lambda s: typer.echo(s, err=True), read=read)
     if result.stop_reason == "interrupted":
         raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _line_reader() -> Iterator[Callable[[str], Optional[str]]]:
+    """input() with readline editing and history (~/.llamakit_history) on a terminal; plain lines otherwise."""
+    if not sys.stdin.isatty():
+        def read_plain(marker: str) -> Optional[str]:
+            typer.echo(marker, nl=False)
+            line = sys.stdin.readline()
+            return line.rstrip("\n") if line else None
+
+        yield read_plain
+        return
+    history = Path.home() / ".llamakit_history"
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - platforms without GNU readline
+        readline = None  # type: ignore[assignment]
+    if readline is not None:
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+
+    def read_tty(marker: str) -> Optional[str]:
+        try:
+            return input(marker)
+        except EOFError:
+            return None
+
+    try:
+        yield read_tty
+    finally:
+        if readline is not None:
+            try:
+                readline.set_history_length(1000)
+                readline.write_history_file(history)
+            except OSError:
+                pass
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -471,3 +534,7 @@ def bench(
                     typer.echo("\n".join(lines[:2]))
                     header_done = True
                 typer.echo(markdown_table(rows)[-1])
+
+
+if __name__ == "__main__":  # python -m llamakit.cli
+    app()
