@@ -30,13 +30,15 @@ __all__ = ["LLAMA_DEFAULT_SEED", "Llama", "LlamakitError", "convert", "packaged_
 
 
 def packaged_prompt(name: str) -> str:
-    """The text of a prompt shipped with llamakit (llamakit/prompts/NAME.txt), e.g. "chat-with-bob"."""
+    """The text of a prompt shipped with llamakit (llamakit/prompts/NAME.txt, e.g. "chat-with-bob"), one
+    trailing newline dropped as `-f` does."""
     from importlib.resources import files
 
     res = files("llamakit").joinpath("prompts", f"{name}.txt")
     if not res.is_file():
         raise InputError(f"no packaged prompt named {name!r} (have: chat-with-bob)")
-    return res.read_text(encoding="utf-8")
+    text = res.read_text(encoding="utf-8")
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _oom(e: BaseException, what: str) -> OutOfMemoryError:
