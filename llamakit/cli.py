@@ -131,6 +131,22 @@ def info(
             con.print(t)
 
 
+@contextlib.contextmanager
+def _writing(err, outfile: Path, total: int) -> Iterator[Callable[[int, str], None]]:  # type: ignore[no-untyped-def]
+    """A transient byte progress bar on stderr while a file is written; Ctrl-C becomes one clear line (the
+    writers use a temp file + rename, so nothing is left behind)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    with progress:
+        task = progress.add_task("", total=total or 1)
+        try:
+            yield lambda nbytes, description: progress.update(task, advance=nbytes, description=description)
+        except KeyboardInterrupt:
+            raise LlamakitError(f"{outfile}: interrupted; nothing was written") from None
+
+
 # -- convert (issue 3) ---------------------------------------------------------------------------------------------
 
 @app.command()
@@ -152,11 +168,9 @@ def convert(
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
     from rich.table import Table
 
     from .convert import plan_conversion, write_gguf
-    from .errors import LlamakitError
 
     t0 = time.perf_counter()
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -176,21 +190,15 @@ def convert(
             out.print(f"would write {plan.outfile}: {len(plan.metadata)} metadata keys, {len(plan.tensors)} tensors, "
                       f"{size} of tensor data (dry run: nothing written)", soft_wrap=True)
             return
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeElapsedColumn(), console=err, transient=True)
         n_total = len(plan.tensors)
-        with progress:
-            task = progress.add_task(f"tensor 0/{n_total}", total=plan.tensor_bytes or 1)
+        with _writing(err, plan.outfile, plan.tensor_bytes) as update:
             done = [0]
 
             def advance(t) -> None:  # type: ignore[no-untyped-def]
                 done[0] += 1
-                progress.update(task, advance=t.nbytes, description=f"tensor {done[0]}/{n_total} {t.name:<26}")
+                update(t.nbytes, f"tensor {done[0]}/{n_total} {t.name:<26}")
 
-            try:
-                result = write_gguf(plan, advance)
-            except KeyboardInterrupt:
-                raise LlamakitError(f"{plan.outfile}: interrupted; nothing was written") from None
+            result = write_gguf(plan, advance)
     out.print(f"wrote {result.outfile}: {_human_bytes(result.file_bytes)}, {result.n_tensors} tensors, "
               f"{time.perf_counter() - t0:.1f} s", soft_wrap=True)
 
@@ -272,9 +280,8 @@ def quantize(
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-    from .errors import InputError, LlamakitError
+    from .errors import InputError
     from .quantize import default_output_path, plan_quantize, run_quantize
 
     if len(args) not in (2, 3):
@@ -289,24 +296,17 @@ def quantize(
         for w in plan.warnings:
             err.print(f"[yellow]warning:[/] {w}", markup=True, soft_wrap=True)
         err.print(f"quantizing {inp} to {out} as {plan.spec.name}", soft_wrap=True)
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeElapsedColumn(), console=err, transient=True)
         n_total = len(plan.tensors)
         index = {tp.name: i for i, tp in enumerate(plan.tensors, 1)}
-        with progress:
-            task = progress.add_task("", total=plan.input_bytes or 1)
+        with _writing(err, out, plan.input_bytes) as update:
 
             def advance(tp, nbytes: int) -> None:  # type: ignore[no-untyped-def]
                 kind = (f"{tp.info.ggml_type.name} -> {tp.ggml_type.name}" if tp.convert else f"{tp.ggml_type.name} (copy)")
                 if tp.fallback_from is not None:
                     kind += f" (fallback from {tp.fallback_from.name})"
-                progress.update(task, advance=nbytes,
-                                description=f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
+                update(nbytes, f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
 
-            try:
-                result = run_quantize(plan, out, threads=threads, progress=advance)
-            except KeyboardInterrupt:
-                raise LlamakitError(f"{out}: interrupted; nothing was written") from None
+            result = run_quantize(plan, out, threads=threads, progress=advance)
         if plan.fallback_summary:
             err.print(f"[yellow]warning:[/] {plan.fallback_summary}", markup=True, soft_wrap=True)
     n_w = sum(tp.info.n_elements for tp in plan.tensors)
@@ -508,32 +508,15 @@ def bench(
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory."),
 ) -> None:
     """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
-    import torch
+    from .runtime.bench import markdown_table, run_bench
 
-    from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
-    from .runtime.generate import Context
-    from .runtime.loader import load_model
-
-    if reps < 1:
-        raise LlamakitError(f"-r {reps}: give at least 1 repetition")
     _engine_threads(threads)
     rows: list[dict[str, str]] = []
-    header_done = False
-    for path in model or [_model_or_default(None)]:
-        with load_model(path, use_mmap=not no_mmap) as lm:
-            bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
-            ctx = Context(lm, max(n_prompt, n_gen, 1), batch_size, ubatch_size)
-            base = {**model_row(lm), "backend": "CPU", "threads": str(torch.get_num_threads())}
-            for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
-                if n <= 0:
-                    continue
-                r = fn(ctx, n, bos, reps)
-                rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
-                lines = markdown_table(rows)
-                if not header_done:
-                    typer.echo("\n".join(lines[:2]))
-                    header_done = True
-                typer.echo(markdown_table(rows)[-1])
+    for row in run_bench(model or [_model_or_default(None)], n_prompt, n_gen, reps, n_batch=batch_size,
+                         n_ubatch=ubatch_size, use_mmap=not no_mmap):
+        rows.append(row)
+        lines = markdown_table(rows)
+        typer.echo("\n".join(lines[:2] + lines[-1:]) if len(rows) == 1 else lines[-1])
 
 
 if __name__ == "__main__":  # python -m llamakit.cli
