@@ -49,6 +49,11 @@ def _oom(e: BaseException, what: str) -> OutOfMemoryError:
 _OOM_TYPES: tuple[type[BaseException], ...] = (MemoryError,)
 
 
+def _is_alloc_failure(e: RuntimeError) -> bool:
+    """torch's CPU allocator reports failure as a RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    return "allocate" in str(e) or "out of memory" in str(e).lower()
+
+
 class Llama:
     """A loaded model and one context, with llama-cpp-python's API.
 
@@ -104,7 +109,9 @@ class Llama:
             try:
                 ctx = prepare_context(self._lm, n_ctx, n_batch, n_ubatch, self.log,
                                       cache_dtype=cache_dtype)
-            except oom as e:
+            except (*oom, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and not _is_alloc_failure(e):
+                    raise
                 raise _oom(e, f"{model_path}: a KV cache of {n_ctx} tokens") from None
             self._comp = Completer(ctx, self.tokenizer_, log=self.log)
             self.set_seed(seed)

@@ -101,6 +101,13 @@ def test_bad_input_is_typed(smol: Llama, tmp_path) -> None:  # type: ignore[no-u
         Llama(F32, n_ctxx=5, verbose=False)
 
 
+def test_a_cache_that_cannot_be_allocated_is_out_of_memory() -> None:
+    from llamakit.errors import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError, match="a KV cache of 1099511627776 tokens: out of memory"):
+        Llama(F32, n_ctx=2**40, verbose=False)
+
+
 def test_n_ctx_zero_is_the_training_context() -> None:
     with Llama(F32, n_ctx=0, verbose=False) as llm:  # llama-cpp-python: 0 = from the model
         assert llm.n_ctx() == 512

@@ -165,7 +165,12 @@ class Interactive:
             self.messages.append({"role": "user", "content": o.prompt})
         while True:
             if pending:
-                self.answer()
+                try:
+                    self.answer()
+                except LlamakitError as e:  # e.g. the conversation outgrew the context: say so, keep going
+                    self.log(f"error: {e} (/clear starts over)")
+                    if o.conversation and self.messages and self.messages[-1]["role"] == "user":
+                        self.messages.pop()
             pending = False
             if o.conversation:
                 self.write("\n")
