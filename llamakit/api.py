@@ -281,7 +281,8 @@ class Llama:
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt text for `messages`: chat_format's template, else the model's, else ChatML."""
-        return self.tokenizer_.apply_chat_template(messages, add_generation_prompt, template=self.chat_template)
+        return self.tokenizer_.apply_chat_template(messages, add_generation_prompt, template=self.chat_template,
+                                                   warn=self.log)
 
     def create_chat_completion(self, messages: Sequence[Mapping[str, Any]], temperature: float = 0.2,
                                top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,

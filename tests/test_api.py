@@ -150,3 +150,28 @@ def test_convert_and_quantize_raise_typed_errors(tmp_path) -> None:  # type: ign
         quantize(F32, tmp_path / "o.gguf", "q9_9")
     out = quantize(str(TINY_GGUF / "convert-f16.gguf"), tmp_path / "q.gguf", "q8_0")
     assert out == tmp_path / "q.gguf" and out.stat().st_size > 0
+
+
+class _Scripted:
+    """A sampler that returns given tokens (to drive the core through exact byte sequences)."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = iter(tokens)
+
+    def accept(self, token: int) -> None:
+        pass
+
+    def sample(self, logits: torch.Tensor) -> int:
+        return next(self.tokens)
+
+
+def test_utf8_is_held_back_until_complete() -> None:
+    with Llama(F32, n_ctx=64, verbose=False) as llm:
+        tok = llm.tokenizer_
+        c3, a9 = tok.token_id("<0xC3>"), tok.token_id("<0xA9>")
+        bang = llm.tokenize("!", add_bos=False)[-1]
+        s = llm._comp.stream(Request(llm.tokenize("x"), max_tokens=3), _Scripted([c3, a9, bang]))  # type: ignore[arg-type]
+        events = list(s.events())
+    assert len(events) == 3  # one per token; nothing was held back at the end
+    assert events[0] == (c3, "") and events[1] == (a9, "é") and events[2][0] == bang and events[2][1].endswith("!")
+    assert s.result.text == "é" + events[2][1] and s.result.stop_reason == "length"

@@ -98,3 +98,10 @@ def test_no_doubled_bos() -> None:
 def test_messages_of_the_wrong_shape(messages, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InputError, match=message):
         render_chat(None, messages, True, "", "", False, False)
+
+
+def test_template_warning_goes_to_the_log_channel() -> None:
+    got: list[str] = []
+    out = render_chat("{% for m in messages %}", [{"role": "user", "content": "Hi"}], True, "", "", False, False,
+                      warn=got.append)
+    assert out.startswith("<|im_start|>user\nHi") and len(got) == 1 and "does not parse" in got[0]

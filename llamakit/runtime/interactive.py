@@ -67,7 +67,7 @@ class Interactive:
         if not self.opts.conversation:
             return self.history
         text = self.comp.tok.apply_chat_template(self.messages, add_generation_prompt=True,
-                                                 template=self.opts.template)
+                                                 template=self.opts.template, warn=self.log)
         return self.comp.tok.encode(text, add_special=True, parse_special=True)
 
     def _waiting_at_reverse_prompt(self) -> bool:

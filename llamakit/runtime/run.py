@@ -97,7 +97,7 @@ def _run(lm: LoadedModel, opts: RunOptions, out: Callable[[str], None], log: Cal
     messages = [{"role": "system", "content": opts.system_prompt}] if opts.system_prompt and conversation else []
     if conversation and not loop:
         text = tok.apply_chat_template(messages + [{"role": "user", "content": opts.prompt}],
-                                       add_generation_prompt=True, template=opts.chat_template)
+                                       add_generation_prompt=True, template=opts.chat_template, warn=log)
     else:
         text = opts.prompt
     prompt = comp.encode_prompt(text)

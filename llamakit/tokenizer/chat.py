@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import warnings
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import InputError
 
@@ -149,9 +149,11 @@ def _environment() -> Any:
 
 
 def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool,
-                bos_token: str, eos_token: str, strip_bos: bool, strip_eos: bool, **extra: Any) -> str:
+                bos_token: str, eos_token: str, strip_bos: bool, strip_eos: bool,
+                warn: Callable[[str], None] | None = None, **extra: Any) -> str:
     """Render `messages` ([{'role': ..., 'content': ...}, ...]) with `template` (None: ChatML); cut a leading
-    `bos_token` text if strip_bos and a trailing `eos_token` text if strip_eos."""
+    `bos_token` text if strip_bos and a trailing `eos_token` text if strip_eos. `warn` gets the warning of a
+    template that does not parse (default: warnings.warn)."""
     import jinja2
 
     check_messages(messages)
@@ -160,8 +162,11 @@ def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], add
     try:
         compiled = env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
-        warnings.warn(f"the model's chat template does not parse ({e}); using ChatML as llama.cpp does",
-                      stacklevel=3)
+        msg = f"the model's chat template does not parse ({e}); using ChatML as llama.cpp does"
+        if warn is not None:
+            warn(f"warning: {msg}")
+        else:
+            warnings.warn(msg, stacklevel=3)
         compiled = env.from_string(CHATML_TEMPLATE)
     try:
         out = compiled.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
