@@ -175,3 +175,19 @@ def test_utf8_is_held_back_until_complete() -> None:
     assert len(events) == 3  # one per token; nothing was held back at the end
     assert events[0] == (c3, "") and events[1] == (a9, "é") and events[2][0] == bang and events[2][1].endswith("!")
     assert s.result.text == "é" + events[2][1] and s.result.stop_reason == "length"
+
+
+def test_generate_yields_the_greedy_tokens_and_reset_forgets() -> None:
+    with Llama(F32, n_ctx=64, verbose=False) as llm:
+        prompt = llm.tokenize("Hello there")
+        want = llm(prompt, max_tokens=5, temperature=0)
+        gen = llm.generate(prompt, temp=0.0)
+        got = [next(gen) for _ in range(5)]
+        gen.close()
+        assert llm.detokenize(got, prev_tokens=prompt).decode("utf-8", "replace") == want["choices"][0]["text"]
+        assert llm.n_tokens == len(prompt) + 4  # the fifth token was sampled, not decoded
+        llm.reset()
+        assert llm.n_tokens == 0 and llm.input_ids == []
+        with pytest.raises(InputError, match="closed"):
+            llm.close()
+            llm.n_ctx()
