@@ -19,8 +19,9 @@ ALLOWED: dict[str, set[str]] = {
     "convert": {"gguf", "gguf.constants", "quants", "tokenizer", "errors"},
     "quantize": {"gguf", "gguf.constants", "quants", "kernels", "errors"},
     "runtime": {"model", "kernels", "quants", "gguf", "gguf.constants", "tokenizer", "errors"},
+    "api": {"runtime", "convert", "quantize", "tokenizer", "errors", "gguf", "gguf.constants"},
     "cli": {"*"},
-    "__init__": set(),
+    "__init__": {"api", "errors"},  # lazily, from module __getattr__
 }
 
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
+
+from ..errors import InputError
 from ..gguf.constants import file_type_name
 from .generate import Context
 from .loader import LoadedModel
+from .placement import PlacementOptions
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,44 @@ def bench_prompt(ctx: Context, n_prompt: int, bos: int | None, reps: int, seed: 
 def bench_gen(ctx: Context, n_gen: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
     """Generation: one token per decode."""
     return _bench(ctx, "tg", n_gen, 1, bos, reps, seed)
+
+
+def run_bench(models: Sequence[str | Path], n_prompt: int, n_gen: int, reps: int, *, n_batch: int = 2048,
+              n_ubatch: int = 512, use_mmap: bool = True, backend: str = "auto",
+              placements: Sequence[PlacementOptions | None] = (None,), cache_type_k: torch.dtype = torch.float16,
+              cache_type_v: torch.dtype = torch.float16, n_threads: int | None = None,
+              n_threads_batch: int | None = None, log: Callable[[str], None] = lambda s: None
+              ) -> Iterator[dict[str, str]]:
+    """`llamakit bench`: for each model and each -ngl value, the pp and tg tests; yields one llama-bench table
+    row per test."""
+    from .devices import cuda_oom
+    from .loader import load_model
+
+    if reps < 1:
+        raise InputError(f"-r {reps}: give at least 1 repetition")
+    n_ctx = max(n_prompt, n_gen, 1)
+    for path in models:
+        for opts in placements:
+            with load_model(path, use_mmap=use_mmap, backend=backend, log=log, options=opts, n_ctx=n_ctx,
+                            n_ubatch=n_ubatch) as lm:
+                p = lm.placement
+                if opts is not None and opts.gpu_layers > 0 and not p.n_offloaded:
+                    log(f"warning: -ngl {opts.gpu_layers}: {p.note or 'no accelerator'}; measuring the CPU")
+                bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
+                ctx = Context(lm, n_ctx, n_batch, n_ubatch, cache_type_k, cache_dtype_v=cache_type_v,
+                              n_threads=n_threads, n_threads_batch=n_threads_batch)
+                nt = n_threads if n_threads is not None else torch.get_num_threads()
+                ntb = n_threads_batch if n_threads_batch is not None else nt
+                on_cuda = any(d.type == "cuda" for d in p.accelerators) and p.n_offloaded
+                base = {**model_row(lm), "backend": "CUDA" if on_cuda else "CPU",
+                        "threads": str(nt) if ntb == nt else f"{nt}/{ntb}"}
+                if opts is not None:
+                    base["ngl"] = str(p.n_offloaded)
+                with cuda_oom(p.accelerators[0] if p.accelerators else torch.device("cpu"), p):
+                    for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
+                        if n > 0:
+                            r = fn(ctx, n, bos, reps)
+                            yield {**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"}
 
 
 def model_row(lm: LoadedModel) -> dict[str, str]:

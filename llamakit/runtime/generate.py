@@ -100,7 +100,7 @@ class Context:
     def n_past(self, n: int) -> None:
         self._past[0] = n
 
-    def n_past_of(self, seq: int) -> int:
+    def n_past_of(self, seq: int = 0) -> int:
         return self._past[self._seq(seq)]
 
     def _seq(self, seq: int) -> int:

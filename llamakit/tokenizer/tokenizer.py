@@ -308,7 +308,7 @@ class Tokenizer:
 
     # -------------------------------------------------------------------------------------------- chat
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                            template: str | None = None, **extra: Any) -> str:
+                            template: str | None = None, warn: Any = None, **extra: Any) -> str:
         """Render the model's chat template (or `template`, or ChatML when there is none) for `messages`.
 
         A BOS text at the start (EOS text at the end) is removed when the model adds that token itself, so
@@ -319,7 +319,7 @@ class Tokenizer:
         bos = self.token_to_piece(self.bos_id, True).decode("utf-8", "replace") if self.bos_id is not None else ""
         eos = self.token_to_piece(self.eos_id, True).decode("utf-8", "replace") if self.eos_id is not None else ""
         return render_chat(template if template is not None else self.chat_template, messages,
-                           add_generation_prompt, bos, eos, self.add_bos, self.add_eos, **extra)
+                           add_generation_prompt, bos, eos, self.add_bos, self.add_eos, warn, **extra)
 
 
 class StreamDecoder:
