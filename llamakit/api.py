@@ -68,11 +68,12 @@ class Llama:
                  seed: int = -1, n_threads: int | None = None, n_threads_batch: int | None = None,
                  n_gpu_layers: int = 0, chat_format: str | None = None, verbose: bool = True,
                  use_mmap: bool = True, cache_dtype: Any = None, log: Callable[[str], None] | None = None,
-                 **kwargs: Any) -> None:
+                 placement: Any = None, backend: str = "auto", **kwargs: Any) -> None:
         import torch
 
         from .runtime.completion import Completer, describe_offload, prepare_context
         from .runtime.loader import load_model
+        from .runtime.placement import PlacementOptions
         from .tokenizer import Tokenizer
         from .tokenizer.chat import resolve_template
 
@@ -94,12 +95,17 @@ class Llama:
             if n_threads < 1:
                 raise InputError(f"n_threads={n_threads}: give at least 1")
             torch.set_num_threads(n_threads)
+        if n_threads_batch is not None and n_threads_batch < 1:
+            raise InputError(f"n_threads_batch={n_threads_batch}: give at least 1")
         self.n_threads, self.n_threads_batch = n_threads, n_threads_batch
         self.chat_template = resolve_template(chat_format) if chat_format else None
         self.chat_format = chat_format
         oom = (*_OOM_TYPES, *(t for t in (getattr(torch, "OutOfMemoryError", None),) if t))
         try:
-            self._lm = load_model(model_path, use_mmap=use_mmap, gpu_layers=n_gpu_layers)
+            if placement is None:  # llama-cpp-python: n_gpu_layers=-1 offloads every layer
+                placement = PlacementOptions(gpu_layers=999 if n_gpu_layers == -1 else n_gpu_layers)
+            self._lm = load_model(model_path, use_mmap=use_mmap, backend=backend, log=self.log, options=placement,
+                                  n_ctx=n_ctx or 4096, n_ubatch=n_ubatch)
         except oom as e:
             raise _oom(e, str(model_path)) from None
         try:
@@ -108,7 +114,8 @@ class Llama:
                 self.log(line)
             try:
                 ctx = prepare_context(self._lm, n_ctx, n_batch, n_ubatch, self.log,
-                                      cache_dtype=cache_dtype)
+                                      cache_type_k=cache_dtype or torch.float16, n_threads=n_threads,
+                                      n_threads_batch=n_threads_batch)
             except (*oom, RuntimeError) as e:
                 if isinstance(e, RuntimeError) and not _is_alloc_failure(e):
                     raise
