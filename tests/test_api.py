@@ -17,7 +17,7 @@ from llamakit.runtime.sampling import SamplingParams
 from .conftest import ROOT, TINY_GGUF
 
 F32 = str(TINY_GGUF / "convert-f32.gguf")
-Q = [{"role": "user", "content": "What is the capital of France?"}]
+Q = [{"role": "user", "content": "What is the capital of Germany?"}]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_chat_stream_concatenates_to_the_answer(smol: Llama) -> None:
     full = smol.create_chat_completion(Q, max_tokens=24, temperature=0)
     assert full["object"] == "chat.completion" and full["id"].startswith("chatcmpl-")
     choice = full["choices"][0]
-    assert choice["message"]["role"] == "assistant" and "Paris" in choice["message"]["content"]
+    assert choice["message"]["role"] == "assistant" and "Berlin" in choice["message"]["content"]
     assert choice["finish_reason"] in ("stop", "length")
     chunks = list(smol.create_chat_completion(Q, max_tokens=24, temperature=0, stream=True))
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -49,7 +49,7 @@ def test_second_chat_turn_evaluates_only_its_new_tokens(smol: Llama) -> None:
     smol.reset()
     first = smol.create_chat_completion(Q, max_tokens=16, temperature=0)
     held = smol.input_ids
-    messages = [*Q, first["choices"][0]["message"], {"role": "user", "content": "And Germany?"}]
+    messages = [*Q, first["choices"][0]["message"], {"role": "user", "content": "And Italy?"}]
     prompt = smol.tokenize(smol.apply_chat_template(messages), special=True)
     shared = next(i for i, (a, b) in enumerate(zip(held + [-1], prompt)) if a != b)
     assert shared > len(smol.tokenize(smol.apply_chat_template(Q), special=True))  # the first turn is reused

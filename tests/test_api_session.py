@@ -115,9 +115,9 @@ def test_session_of_another_model_or_context(tmp_path: Path) -> None:
     with Llama(str(F32), n_ctx=8, verbose=False) as small:
         with pytest.raises(InputError, match="the context only 8"):
             small.load_session(path)
-    with Llama(str(F32), n_ctx=64, verbose=False, cache_dtype=torch.float16) as half:
-        with pytest.raises(InputError, match="KV cache is float32"):
-            half.load_session(path)
+    with Llama(str(F32), n_ctx=64, verbose=False, cache_dtype=torch.float32) as full:  # saved with f16 (default)
+        with pytest.raises(InputError, match="KV cache is float16"):
+            full.load_session(path)
     with pytest.raises(LlamakitError, match="no such session file"):
         read_session(tmp_path / "missing")
 
@@ -126,4 +126,4 @@ def test_session_file_has_no_pickle(tmp_path: Path) -> None:
     path, data = _saved(tmp_path)
     assert data[:8] == b"LKSESS\x00\x01" and b"\x80\x04\x95" not in data[:64]  # no pickle protocol header
     st = read_session(path)
-    assert st.kv[0][0].shape[1] == len(st.tokens) and st.kv[0][0].dtype == torch.float32
+    assert st.kv[0][0].shape[1] == len(st.tokens) and st.kv[0][0].dtype == torch.float16  # the default KV type

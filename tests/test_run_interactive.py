@@ -37,8 +37,8 @@ def test_conversation_turns_interrupt_save_and_load(smollm2_gguf, tmp_path: Path
     session = tmp_path / "chat.lksession"
     c = spawn(tmp_path, smollm2_gguf, "-cnv", "-n", "24")
     c.expect(MARK)
-    a1 = answer_of(c, "What is the capital of France?")
-    assert "Paris" in a1
+    a1 = answer_of(c, "What is the capital of Germany?")
+    assert "Berlin" in a1
     c.sendline("Write a very long story about a dragon and a knight.")
     c.expect(r"knight\.\r\n[^\r\n]*?[A-Za-z]+ [A-Za-z]+ ")  # after the echoed line: the answer has begun
     c.sendintr()  # Ctrl-C: stop the answer, back to the prompt (the process lives on)
@@ -68,7 +68,7 @@ def test_conversation_turns_interrupt_save_and_load(smollm2_gguf, tmp_path: Path
 
     messages = read_session(session).messages
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
-    assert messages[0]["content"] == "What is the capital of France?" and "Paris" in messages[1]["content"]
+    assert messages[0]["content"] == "What is the capital of Germany?" and "Berlin" in messages[1]["content"]
     assert 0 < len(messages[3]["content"]) < 200  # the interrupted answer, as far as it got
     n = torch.get_num_threads()
     try:

@@ -232,4 +232,4 @@ def read_for(path: str | os.PathLike[str], comp: Any, model: str) -> SessionStat
     """read_session checked against a Completer's context and model identity."""
     k = comp.ctx.cache.layers[0][0]
     return read_session(path, model=model, n_ctx=comp.n_ctx, kv_dtype=k.dtype, n_layer=len(comp.ctx.cache.layers),
-                        kv_shape=(int(k.shape[0]), int(k.shape[2])))
+                        kv_shape=(int(k.shape[-3]), int(k.shape[-1])))  # (n_seq,) n_head_kv, n_ctx, head_dim
