@@ -14,13 +14,20 @@ ALLOWED: dict[str, set[str]] = {
     "gguf": {"gguf.constants", "errors"},
     "quants": {"gguf.constants", "errors"},
     "tokenizer": {"errors"},
-    "model": {"quants", "gguf.constants", "errors"},
+    "kernels": {"quants", "gguf.constants", "errors"},
+    "model": {"kernels", "quants", "gguf.constants", "errors"},
     "convert": {"gguf", "gguf.constants", "quants", "tokenizer", "errors"},
     "quantize": {"gguf", "gguf.constants", "quants", "errors"},
     "runtime": {"model", "quants", "gguf", "gguf.constants", "tokenizer", "errors"},
+    "server": {"api", "errors"},
     "cli": {"*"},
     "__init__": set(),
 }
+
+
+# TEMPORARY (helper H5): the server's stand-in for llamakit.api and the engine's multi-sequence Context, to be
+# deleted with this entry once branches `api` and `engine` are merged into `server`.
+TEMPORARY: dict[str, set[str]] = {"server/_compat.py": {"runtime", "tokenizer", "model"}}
 
 
 def unit_of(module: str) -> str:
@@ -59,6 +66,7 @@ def test_imports_follow_the_architecture() -> None:
         mod = "llamakit." + ".".join(path.relative_to(PKG).with_suffix("").parts)
         me = unit_of(mod.replace(".__init__", ""))
         allowed = ALLOWED.get(me)
+        allowed = None if allowed is None else allowed | TEMPORARY.get(str(path.relative_to(PKG)), set())
         assert allowed is not None, f"{path}: unit {me!r} is not in the import table; add it to architecture.md"
         for imp in imports_of(path):
             other = unit_of(imp)

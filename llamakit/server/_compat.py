@@ -1,0 +1,110 @@
+"""TEMPORARY stand-in for what the server needs from `llamakit.api` and the engine's multi-sequence Context.
+
+Delete this file once branch `api` (H4: `Llama`, runtime/completion.py) and branch `engine` (H2: Context with
+n_seq, decode_batch, truncate) are merged; app.py and scheduler.py then take the same objects from the API.
+Until then it imports runtime and tokenizer directly (tests/test_imports.py lists it as a temporary exception).
+
+`MultiContext` follows the engine contract but emulates `decode_batch` with one Context per sequence: the
+scheduler's calls are exactly those the real engine gets (one decode_batch per step for every active slot),
+but each item is still its own forward pass here, so batching saves no time until the engine lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..model import rope_cos_sin
+from ..runtime.generate import Context
+from ..runtime.loader import load_model
+from ..runtime.sampling import Sampler, SamplingParams
+from ..tokenizer import Tokenizer
+
+
+class MultiContext:
+    """n_seq sequences of n_ctx positions each: the engine contract's decode_batch / truncate / n_past_of."""
+
+    def __init__(self, lm: Any, n_ctx: int, n_seq: int) -> None:
+        self.n_ctx, self.n_seq = n_ctx, n_seq
+        self._seqs = [Context(lm, n_ctx, cache_dtype=torch.float16) for _ in range(n_seq)]
+
+    def n_past_of(self, seq: int) -> int:
+        return self._seqs[seq].n_past
+
+    def truncate(self, n: int, seq: int = 0) -> None:
+        c = self._seqs[seq]
+        c.n_past = max(0, min(n, c.n_past))
+
+    def clear(self, seq: int | None = None) -> None:
+        for i, c in enumerate(self._seqs):
+            if seq is None or i == seq:
+                c.clear()
+
+    def decode_batch(self, items: Sequence[tuple[int, Sequence[int]]]) -> list[torch.Tensor]:
+        return [self._seqs[s].decode(list(toks))[-1:] for s, toks in items]
+
+
+class Backend:
+    """The model, its tokenizer and a MultiContext, with the few calls the server makes."""
+
+    def __init__(self, model_path: Path, n_ctx: int, n_seq: int, gpu_layers: int = -1) -> None:
+        """n_ctx: all sequences together, as llama-server's -c (0 = the model's training context)."""
+        self.lm = load_model(model_path, gpu_layers=gpu_layers)
+        try:
+            self.tok = Tokenizer.from_metadata(self.lm.metadata)
+            self.n_vocab = self.lm.config.n_vocab
+            n_slot = (n_ctx or self.lm.config.n_ctx_train) // n_seq
+            if n_slot < 8:
+                raise InputError(f"-c {n_ctx} over -np {n_seq} leaves {n_slot} tokens per slot; raise -c")
+            self.ctx = MultiContext(self.lm, n_slot, n_seq)
+        except BaseException:
+            self.lm.close()
+            raise
+        self.eog_ids = frozenset(self.tok.eog_ids)
+
+    def close(self) -> None:
+        self.lm.close()
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        for t in ids:
+            if not 0 <= int(t) < self.n_vocab:
+                raise InputError(f"token id {t} is out of range (vocabulary of {self.n_vocab})")
+        return self.tok.decode([int(t) for t in ids])
+
+    def piece(self, token: int) -> str:
+        return self.tok.token_to_piece(token, True).decode("utf-8", "replace")
+
+    def stream_decoder(self) -> Any:
+        return self.tok.stream_decoder(special=False, strip_leading_space=False)
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True)
+
+    def sampler(self, temp: float, top_p: float, top_k: int, min_p: float, seed: int, repeat_penalty: float,
+                presence_penalty: float, frequency_penalty: float, logit_bias: dict[int, float] | None) -> Sampler:
+        p = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
+        return Sampler(p, self.n_vocab, logit_bias=logit_bias or None)
+
+    @torch.inference_mode()
+    def embed(self, tokens: Sequence[int]) -> list[float]:
+        """Mean of the final (output-normed) hidden states over the tokens, scaled to unit length, computed
+        in a scratch cache of len(tokens) positions (the slots' caches are untouched)."""
+        model = self.lm.model
+        ctx = Context(self.lm, len(tokens), n_ubatch=len(tokens))
+        ids = torch.tensor(list(tokens), dtype=torch.long)
+        h = model.token_embd(ids)
+        positions = torch.arange(len(tokens))
+        for blk, pair in zip(model.blk, ctx.cache.layers):
+            dev = blk.attn_norm.weight.device
+            cos, sin = rope_cos_sin(self.lm.config, positions.to(dev), model.rope_freqs.weight)
+            h = blk(h.to(dev), cos, sin, pair, 0)
+        h = model.output_norm(h.to(model.output_norm.weight.device)).mean(0)
+        return torch.nn.functional.normalize(h, dim=0).tolist()

@@ -1,0 +1,59 @@
+"""Start the server: load the model, split the context over the slots, run uvicorn until SIGINT/SIGTERM.
+
+Shutdown (uvicorn's): stop accepting connections, let in-flight requests finish for up to `grace` seconds,
+cancel what is left, then stop the scheduler thread (waiting jobs end with finish_reason "cancelled").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import InputError
+from ._compat import Backend
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_parallel: int = 1
+    n_ctx: int = 4096  # all slots together, as llama-server's -c; 0 = the model's training context
+    gpu_layers: int = -1
+    api_key: Optional[str] = None
+    alias: Optional[str] = None
+    chunk: int = 128  # prompt tokens per slot per step
+    queue_size: Optional[int] = None  # waiting requests beyond the slots (default 4 x slots)
+    grace: float = 10.0  # seconds in-flight requests get to finish on shutdown
+
+
+def serve(opts: ServeOptions, log: Callable[[str], None]) -> None:
+    import uvicorn
+
+    from .app import create_app
+    from .scheduler import Scheduler
+
+    if opts.n_parallel < 1:
+        raise InputError(f"-np {opts.n_parallel}: give at least 1 slot")
+    if opts.n_ctx < 0:
+        raise InputError(f"-c {opts.n_ctx}: the context size must be >= 0 (0 = the model's)")
+    if not 0 <= opts.port < 65536:
+        raise InputError(f"--port {opts.port}: give a port in 0..65535")
+    backend = Backend(opts.model, opts.n_ctx, opts.n_parallel, opts.gpu_layers)
+    n_slot = backend.ctx.n_ctx
+    scheduler = Scheduler(backend, opts.n_parallel, queue_size=opts.queue_size, chunk=opts.chunk)
+    alias = opts.alias or opts.model.name
+    app = create_app(backend, scheduler, alias, opts.api_key)
+    log(f"llamakit serve: {alias}, {opts.n_parallel} slot(s) x {n_slot} tokens, "
+        f"listening on http://{opts.host}:{opts.port}")
+    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
+                            timeout_graceful_shutdown=int(opts.grace))
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        scheduler.stop()
+        backend.close()
+        log("llamakit serve: stopped")
