@@ -484,6 +484,7 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on the API."),
     alias: Optional[str] = typer.Option(None, "-a", "--alias", help="Model name the API reports (default: the file name)."),
     chunk: int = typer.Option(128, "--chunk", help="Prompt tokens evaluated per slot between two decode steps."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Requests that may wait for a slot (default 4 x -np); beyond: 503."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
 ) -> None:
     """OpenAI-compatible HTTP server (llama.cpp's llama-server): /v1/chat/completions, /v1/completions, a chat page at /."""
@@ -492,7 +493,8 @@ def serve(
 
     _engine_threads(threads)
     opts = ServeOptions(model=_model_or_default(model), host=host, port=port, n_parallel=n_parallel,
-                        n_ctx=ctx_size, gpu_layers=gpu_layers, api_key=api_key, alias=alias, chunk=chunk)
+                        n_ctx=ctx_size, gpu_layers=gpu_layers, api_key=api_key, alias=alias, chunk=chunk,
+                        queue_size=max_queue)
     run_server(opts, log=lambda s: typer.echo(s, err=True))
 
 

@@ -30,7 +30,7 @@ class MultiContext:
 
     def __init__(self, lm: Any, n_ctx: int, n_seq: int) -> None:
         self.n_ctx, self.n_seq = n_ctx, n_seq
-        self._seqs = [Context(lm, n_ctx, cache_dtype=torch.float16) for _ in range(n_seq)]
+        self._seqs = [Context(lm, n_ctx) for _ in range(n_seq)]  # the engine's default cache type
 
     def n_past_of(self, seq: int) -> int:
         return self._seqs[seq].n_past

@@ -6,6 +6,7 @@ cancel what is left, then stop the scheduler thread (waiting jobs end with finis
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ def serve(opts: ServeOptions, log: Callable[[str], None]) -> None:
         raise InputError(f"-np {opts.n_parallel}: give at least 1 slot")
     if opts.n_ctx < 0:
         raise InputError(f"-c {opts.n_ctx}: the context size must be >= 0 (0 = the model's)")
+    if opts.queue_size is not None and opts.queue_size < 0:
+        raise InputError(f"--max-queue {opts.queue_size}: give 0 or more")
     if not 0 <= opts.port < 65536:
         raise InputError(f"--port {opts.port}: give a port in 0..65535")
     backend = Backend(opts.model, opts.n_ctx, opts.n_parallel, opts.gpu_layers)
@@ -51,9 +54,14 @@ def serve(opts: ServeOptions, log: Callable[[str], None]) -> None:
         f"listening on http://{opts.host}:{opts.port}")
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                             timeout_graceful_shutdown=int(opts.grace))
+    # uvicorn re-raises the signal that stopped it once it is done; these no-op handlers receive it, so that
+    # the scheduler is stopped below and the process exits with status 0 after a graceful shutdown.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.Server(config).run()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         scheduler.stop()
         backend.close()
         log("llamakit serve: stopped")
