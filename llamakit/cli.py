@@ -6,7 +6,10 @@ Heavy modules (torch, the engine) are imported inside commands so `llamakit --he
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -128,6 +131,22 @@ def info(
             con.print(t)
 
 
+@contextlib.contextmanager
+def _writing(err, outfile: Path, total: int) -> Iterator[Callable[[int, str], None]]:  # type: ignore[no-untyped-def]
+    """A transient byte progress bar on stderr while a file is written; Ctrl-C becomes one clear line (the
+    writers use a temp file + rename, so nothing is left behind)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    with progress:
+        task = progress.add_task("", total=total or 1)
+        try:
+            yield lambda nbytes, description: progress.update(task, advance=nbytes, description=description)
+        except KeyboardInterrupt:
+            raise LlamakitError(f"{outfile}: interrupted; nothing was written") from None
+
+
 # -- convert (issue 3) ---------------------------------------------------------------------------------------------
 
 @app.command()
@@ -149,11 +168,9 @@ def convert(
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
     from rich.table import Table
 
     from .convert import plan_conversion, write_gguf
-    from .errors import LlamakitError
 
     t0 = time.perf_counter()
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -173,21 +190,15 @@ def convert(
             out.print(f"would write {plan.outfile}: {len(plan.metadata)} metadata keys, {len(plan.tensors)} tensors, "
                       f"{size} of tensor data (dry run: nothing written)", soft_wrap=True)
             return
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeElapsedColumn(), console=err, transient=True)
         n_total = len(plan.tensors)
-        with progress:
-            task = progress.add_task(f"tensor 0/{n_total}", total=plan.tensor_bytes or 1)
+        with _writing(err, plan.outfile, plan.tensor_bytes) as update:
             done = [0]
 
             def advance(t) -> None:  # type: ignore[no-untyped-def]
                 done[0] += 1
-                progress.update(task, advance=t.nbytes, description=f"tensor {done[0]}/{n_total} {t.name:<26}")
+                update(t.nbytes, f"tensor {done[0]}/{n_total} {t.name:<26}")
 
-            try:
-                result = write_gguf(plan, advance)
-            except KeyboardInterrupt:
-                raise LlamakitError(f"{plan.outfile}: interrupted; nothing was written") from None
+            result = write_gguf(plan, advance)
     out.print(f"wrote {result.outfile}: {_human_bytes(result.file_bytes)}, {result.n_tensors} tensors, "
               f"{time.perf_counter() - t0:.1f} s", soft_wrap=True)
 
@@ -269,9 +280,8 @@ def quantize(
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-    from .errors import InputError, LlamakitError
+    from .errors import InputError
     from .quantize import default_output_path, plan_quantize, run_quantize
 
     if len(args) not in (2, 3):
@@ -286,24 +296,17 @@ def quantize(
         for w in plan.warnings:
             err.print(f"[yellow]warning:[/] {w}", markup=True, soft_wrap=True)
         err.print(f"quantizing {inp} to {out} as {plan.spec.name}", soft_wrap=True)
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeElapsedColumn(), console=err, transient=True)
         n_total = len(plan.tensors)
         index = {tp.name: i for i, tp in enumerate(plan.tensors, 1)}
-        with progress:
-            task = progress.add_task("", total=plan.input_bytes or 1)
+        with _writing(err, out, plan.input_bytes) as update:
 
             def advance(tp, nbytes: int) -> None:  # type: ignore[no-untyped-def]
                 kind = (f"{tp.info.ggml_type.name} -> {tp.ggml_type.name}" if tp.convert else f"{tp.ggml_type.name} (copy)")
                 if tp.fallback_from is not None:
                     kind += f" (fallback from {tp.fallback_from.name})"
-                progress.update(task, advance=nbytes,
-                                description=f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
+                update(nbytes, f"[{index[tp.name]:4d}/{n_total}] {tp.name:<28} {kind:<30}")
 
-            try:
-                result = run_quantize(plan, out, threads=threads, progress=advance)
-            except KeyboardInterrupt:
-                raise LlamakitError(f"{out}: interrupted; nothing was written") from None
+            result = run_quantize(plan, out, threads=threads, progress=advance)
         if plan.fallback_summary:
             err.print(f"[yellow]warning:[/] {plan.fallback_summary}", markup=True, soft_wrap=True)
     n_w = sum(tp.info.n_elements for tp in plan.tensors)
@@ -341,6 +344,12 @@ def _read_prompt_file(path: Path) -> str:
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
+        from importlib.resources import files
+
+        packaged = files("llamakit").joinpath("prompts", f"{path}.txt")
+        if path.parent == Path(".") and packaged.is_file():  # -f chat-with-bob: a prompt shipped with llamakit
+            text = packaged.read_text(encoding="utf-8")
+            return text[:-1] if text.endswith("\n") else text
         raise LlamakitError(f"{path}: no such prompt file") from None
     except IsADirectoryError:
         raise LlamakitError(f"{path}: is a directory, expected a text file") from None
@@ -379,11 +388,21 @@ def run(
     display_prompt: bool = typer.Option(True, "--display-prompt/--no-display-prompt", help="Echo the prompt before the generated text."),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Run one warmup decode before timing."),
     perf: bool = typer.Option(True, "--perf/--no-perf", help="Print the llama_perf timing lines at the end."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Interactive: generate, stop at a reverse prompt (-r), read your input, go on (a conversation with -cnv)."),
+    in_prefix: str = typer.Option("", "--in-prefix", help="Text put before each input in -i mode."),
+    in_suffix: str = typer.Option("", "--in-suffix", help="Text put after each input in -i mode."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", metavar="NAME|FILE", help="Chat template: chatml, llama2, llama3, mistral, zephyr, phi3, gemma, or a Jinja file (default: the model's)."),
+    prompt_cache: Optional[Path] = typer.Option(None, "--prompt-cache", metavar="FILE", help="Reuse the prompt prefix saved in FILE and save the context there after the run."),
+    prompt_cache_ro: bool = typer.Option(False, "--prompt-cache-ro", help="Use --prompt-cache but do not update it."),
 ) -> None:
-    """Generate text from a GGUF model (llama.cpp's llama-cli): text to stdout, timings to stderr."""
+    """Generate text from a GGUF model (llama.cpp's llama-cli): text to stdout, timings to stderr.
+
+    With -cnv (or on a terminal, for a model with a chat template) or -i: an interactive session. Ctrl-C stops
+    an answer, Ctrl-D or /exit ends; /save FILE, /load FILE, /clear; a line ending in \\ continues."""
     from .runtime.run import RunOptions
     from .runtime.run import run as run_model
     from .runtime.sampling import SamplingParams
+    from .tokenizer.chat import resolve_template
 
     if prompt is not None and file is not None:
         raise LlamakitError("give the prompt with -p or -f, not both")
@@ -401,14 +420,58 @@ def run(
                                 frequency_penalty=frequency_penalty, seed=seed),
         reverse_prompts=tuple(reverse_prompt), ignore_eos=ignore_eos, use_mmap=not no_mmap, gpu_layers=gpu_layers,
         keep=keep, context_shift=context_shift, conversation=conversation, system_prompt=system_prompt,
-        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf,
+        special=special, display_prompt=display_prompt, warmup=warmup, perf=perf, interactive=interactive,
+        tty=sys.stdin.isatty(), chat_template=resolve_template(chat_template) if chat_template else None,
+        in_prefix=in_prefix, in_suffix=in_suffix, prompt_cache=prompt_cache, prompt_cache_ro=prompt_cache_ro,
     )
     if repeat_last_n < -1:
         raise LlamakitError(f"--repeat-last-n {repeat_last_n}: use -1, 0 or a positive count")
-    result = run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None,
-                       log=lambda s: typer.echo(s, err=True))
+    if prompt_cache_ro and prompt_cache is None:
+        raise LlamakitError("--prompt-cache-ro needs --prompt-cache FILE")
+    with _line_reader() as read:
+        result = run_model(opts, out=lambda s: typer.echo(s, nl=False) if s else None,
+                           log=lambda s: typer.echo(s, err=True), read=read)
     if result.stop_reason == "interrupted":
         raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _line_reader() -> Iterator[Callable[[str], Optional[str]]]:
+    """input() with readline editing and history (~/.llamakit_history) on a terminal; plain lines otherwise."""
+    if not sys.stdin.isatty():
+        def read_plain(marker: str) -> Optional[str]:
+            typer.echo(marker, nl=False)
+            line = sys.stdin.readline()
+            return line.rstrip("\n") if line else None
+
+        yield read_plain
+        return
+    history = Path.home() / ".llamakit_history"
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - platforms without GNU readline
+        readline = None  # type: ignore[assignment]
+    if readline is not None:
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+
+    def read_tty(marker: str) -> Optional[str]:
+        try:
+            return input(marker)
+        except EOFError:
+            return None
+
+    try:
+        yield read_tty
+    finally:
+        if readline is not None:
+            try:
+                readline.set_history_length(1000)
+                readline.write_history_file(history)
+            except OSError:
+                pass
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -445,32 +508,15 @@ def bench(
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Copy the weights into memory."),
 ) -> None:
     """Prompt and generation tokens per second, as llama-bench prints them (markdown table)."""
-    import torch
+    from .runtime.bench import markdown_table, run_bench
 
-    from .runtime.bench import bench_gen, bench_prompt, markdown_table, model_row
-    from .runtime.generate import Context
-    from .runtime.loader import load_model
-
-    if reps < 1:
-        raise LlamakitError(f"-r {reps}: give at least 1 repetition")
     _engine_threads(threads)
     rows: list[dict[str, str]] = []
-    header_done = False
-    for path in model or [_model_or_default(None)]:
-        with load_model(path, use_mmap=not no_mmap) as lm:
-            bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
-            ctx = Context(lm, max(n_prompt, n_gen, 1), batch_size, ubatch_size)
-            base = {**model_row(lm), "backend": "CPU", "threads": str(torch.get_num_threads())}
-            for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
-                if n <= 0:
-                    continue
-                r = fn(ctx, n, bos, reps)
-                rows.append({**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"})
-                lines = markdown_table(rows)
-                if not header_done:
-                    typer.echo("\n".join(lines[:2]))
-                    header_done = True
-                typer.echo(markdown_table(rows)[-1])
+    for row in run_bench(model or [_model_or_default(None)], n_prompt, n_gen, reps, n_batch=batch_size,
+                         n_ubatch=ubatch_size, use_mmap=not no_mmap):
+        rows.append(row)
+        lines = markdown_table(rows)
+        typer.echo("\n".join(lines[:2] + lines[-1:]) if len(rows) == 1 else lines[-1])
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -496,6 +542,7 @@ def serve(
                         n_ctx=ctx_size, gpu_layers=gpu_layers, api_key=api_key, alias=alias, chunk=chunk,
                         queue_size=max_queue)
     run_server(opts, log=lambda s: typer.echo(s, err=True))
+
 
 
 if __name__ == "__main__":  # python -m llamakit.cli (the tests start the server this way)

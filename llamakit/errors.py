@@ -20,3 +20,7 @@ class UnsupportedError(LlamakitError):
 
 class InputError(LlamakitError):
     """Missing or unreadable input, wrong arguments, an output path that cannot be written."""
+
+
+class OutOfMemoryError(LlamakitError):
+    """The model, the KV cache or a batch does not fit in the memory of the device it was placed on."""

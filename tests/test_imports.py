@@ -19,9 +19,10 @@ ALLOWED: dict[str, set[str]] = {
     "convert": {"gguf", "gguf.constants", "quants", "tokenizer", "errors"},
     "quantize": {"gguf", "gguf.constants", "quants", "errors"},
     "runtime": {"model", "quants", "gguf", "gguf.constants", "tokenizer", "errors"},
+    "api": {"runtime", "convert", "quantize", "tokenizer", "errors", "gguf", "gguf.constants"},
     "server": {"api", "errors"},
     "cli": {"*"},
-    "__init__": set(),
+    "__init__": {"api", "errors"},  # lazily, from module __getattr__
 }
 
 

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import llamakit.quantize as qmod
 from llamakit.cli import app
 from llamakit.gguf import GGMLType, GGUFReader, GGUFValueType, GGUFWriter
 
 from .conftest import TINY_GGUF
+
+qmod = importlib.import_module("llamakit.quantize")  # the attribute llamakit.quantize is the API function
 
 SRC = TINY_GGUF / "convert-f16.gguf"
 runner = CliRunner()

@@ -180,3 +180,27 @@ def test_bench_cli_table() -> None:
 def test_perplexity_rejects_arguments_that_score_nothing(args: tuple[str, str], message: str) -> None:
     r = invoke("perplexity", "-m", F32, "-f", str(TINY / "corpus.txt"), *args)
     assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.output
+
+
+def test_prompt_cache_reuses_the_prefix(tmp_path: Path) -> None:
+    cache = tmp_path / "prompt.lksession"
+    args = ("run", "-m", F32, "-p", PROMPT, "-n", "8", "--temp", "0", "-c", "128", "--no-display-prompt",
+            "--no-perf", "--prompt-cache", str(cache))
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "does not exist yet" in first.stderr and "prompt cache: 0 of 27 prompt tokens reused" in first.stderr
+    data = cache.read_bytes()
+    second = invoke(*args, "--prompt-cache-ro")
+    assert second.exit_code == 0, second.output
+    assert "prompt cache: 26 of 27 prompt tokens reused" in second.stderr  # the last one gives the logits
+    assert second.stdout == first.stdout and cache.read_bytes() == data  # same text; -ro leaves the file
+    other = invoke("run", "-m", str(TINY_GGUF / "convert-f16.gguf"), "-p", PROMPT, "-n", "2", "-c", "128",
+                   "--prompt-cache", str(cache))
+    assert other.exit_code == 1 and "saved with another model" in other.stderr
+
+
+def test_packaged_prompt_and_bad_chat_template() -> None:
+    r = invoke("run", "-m", F32, "-f", "chat-with-bob", "-n", "1", "-c", "256", "--no-perf", "-no-cnv")
+    assert r.exit_code == 0 and "Transcript of a dialog" in r.stdout
+    r = invoke("run", "-m", F32, "-p", "x", "--chat-template", "nonesuch")
+    assert r.exit_code == 1 and "unknown chat template 'nonesuch'" in r.stderr

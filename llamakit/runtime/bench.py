@@ -10,8 +10,11 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from ..errors import InputError
 from ..gguf.constants import file_type_name
 from .generate import Context
 from .loader import LoadedModel
@@ -62,6 +65,26 @@ def bench_prompt(ctx: Context, n_prompt: int, bos: int | None, reps: int, seed: 
 def bench_gen(ctx: Context, n_gen: int, bos: int | None, reps: int, seed: int = 0) -> BenchResult:
     """Generation: one token per decode."""
     return _bench(ctx, "tg", n_gen, 1, bos, reps, seed)
+
+
+def run_bench(models: Sequence[str | Path], n_prompt: int, n_gen: int, reps: int, *, n_batch: int = 2048,
+              n_ubatch: int = 512, use_mmap: bool = True) -> Iterator[dict[str, str]]:
+    """`llamakit bench`: for each model, the pp and tg tests; yields one llama-bench table row per test."""
+    import torch
+
+    from .loader import load_model
+
+    if reps < 1:
+        raise InputError(f"-r {reps}: give at least 1 repetition")
+    for path in models:
+        with load_model(path, use_mmap=use_mmap) as lm:
+            bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
+            ctx = Context(lm, max(n_prompt, n_gen, 1), n_batch, n_ubatch)
+            base = {**model_row(lm), "backend": "CPU", "threads": str(torch.get_num_threads())}
+            for fn, n in ((bench_prompt, n_prompt), (bench_gen, n_gen)):
+                if n > 0:
+                    r = fn(ctx, n, bos, reps)
+                    yield {**base, "test": r.test, "t/s": f"{r.mean:.2f} ± {r.std:.2f}"}
 
 
 def model_row(lm: LoadedModel) -> dict[str, str]:

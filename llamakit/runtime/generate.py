@@ -124,6 +124,40 @@ class Context:
         self.cache.shift(keep, discard, self.n_past, self.model.rope_freqs.weight)
         self.n_past -= discard
 
+    # -- minimal engine-contract methods (branch engine replaces them with the multi-sequence versions) ----------
+    def n_past_of(self, seq: int = 0) -> int:
+        """Positions used by sequence `seq` (one sequence here: seq 0)."""
+        if seq != 0:
+            raise ValueError(f"sequence {seq}: this context holds one sequence (0)")
+        return self.n_past
+
+    def truncate(self, n: int, seq: int = 0) -> None:
+        """Keep the first n positions of sequence `seq` (prefix reuse); later decodes overwrite the rest."""
+        if not 0 <= n <= self.n_past_of(seq):
+            raise ValueError(f"truncate({n}): the sequence holds {self.n_past} positions")
+        self.n_past = n
+
+    def kv_export(self, seq: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer copies of K and V of the used positions: (n_head_kv, n_past, head_dim), cache dtype, CPU."""
+        n = self.n_past_of(seq)
+        return [(k[:, :n].to("cpu", copy=True), v[:, :n].to("cpu", copy=True)) for k, v in self.cache.layers]
+
+    def kv_import(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], seq: int = 0) -> None:
+        """The reverse of kv_export: copy the layers into the cache and set n_past."""
+        self.n_past_of(seq)
+        if len(layers) != len(self.cache.layers):
+            raise ValueError(f"kv_import: {len(layers)} layers given, the model has {len(self.cache.layers)}")
+        n = int(layers[0][0].shape[1]) if layers else 0
+        if n > self.n_ctx:
+            raise ValueError(f"kv_import: {n} positions do not fit in the context of {self.n_ctx}")
+        for (k, v), (k2, v2) in zip(self.cache.layers, layers):
+            if k2.shape != (k.shape[0], n, k.shape[2]) or v2.shape != k2.shape:
+                raise ValueError(f"kv_import: layer shape {tuple(k2.shape)} does not match the cache's "
+                                 f"({k.shape[0]}, {n}, {k.shape[2]})")
+            k[:, :n] = k2.to(k.device, k.dtype)
+            v[:, :n] = v2.to(v.device, v.dtype)
+        self.n_past = n
+
 
 def resolve_keep(keep: int, n_prompt: int, add_bos: bool) -> int:
     """--keep: -1 (or more than the prompt) keeps the whole prompt; otherwise the BOS is kept on top."""

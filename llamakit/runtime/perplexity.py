@@ -106,7 +106,7 @@ def run_perplexity(model: str | Path, text: str, *, n_ctx: int = 512, n_chunks: 
     """`llamakit perplexity`: load, tokenize `text`, score, print the llama_perf context lines."""
     from ..tokenizer import Tokenizer
     from .loader import load_model
-    from .run import describe_offload, prepare_context
+    from .completion import describe_offload, prepare_context
 
     if n_ctx <= 0:
         raise InputError("perplexity needs -c > 0")
