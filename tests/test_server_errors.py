@@ -106,7 +106,7 @@ def test_unknown_fields_are_ignored(server: Server) -> None:
 
 @pytest.mark.parametrize("path,body,words", [
     ("/v1/completions", {"prompt": "word " * 3000}, "context"),
-    ("/v1/completions", {"prompt": [5, 99999]}, "token ids"),
+    ("/v1/completions", {"prompt": [5, 99999]}, "outside the vocabulary"),
     ("/v1/completions", {"prompt": "hi", "n": 2}, "n"),
     ("/v1/completions", {"prompt": "hi", "temperature": -1}, "temperature"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": -5}, "max_tokens"),

@@ -21,7 +21,6 @@ from ..errors import InputError
 from ..model import rope_cos_sin
 from ..runtime.generate import Context
 from ..runtime.loader import load_model
-from ..runtime.sampling import Sampler, SamplingParams
 from ..tokenizer import Tokenizer
 
 
@@ -29,8 +28,9 @@ class MultiContext:
     """n_seq sequences of n_ctx positions each: the engine contract's decode_batch / truncate / n_past_of."""
 
     def __init__(self, lm: Any, n_ctx: int, n_seq: int) -> None:
-        self.n_ctx, self.n_seq = n_ctx, n_seq
+        self.n_ctx, self.n_seq, self.cfg = n_ctx, n_seq, lm.config
         self._seqs = [Context(lm, n_ctx) for _ in range(n_seq)]  # the engine's default cache type
+        self.n_batch, self.perf = self._seqs[0].n_batch, self._seqs[0].perf
 
     def n_past_of(self, seq: int) -> int:
         return self._seqs[seq].n_past
@@ -81,17 +81,9 @@ class Backend:
     def piece(self, token: int) -> str:
         return self.tok.token_to_piece(token, True).decode("utf-8", "replace")
 
-    def stream_decoder(self) -> Any:
-        return self.tok.stream_decoder(special=False, strip_leading_space=False)
-
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The model's chat template (ChatML when it has none), as Llama.apply_chat_template renders it."""
         return self.tok.apply_chat_template(messages, add_generation_prompt=True)
-
-    def sampler(self, temp: float, top_p: float, top_k: int, min_p: float, seed: int, repeat_penalty: float,
-                presence_penalty: float, frequency_penalty: float, logit_bias: dict[int, float] | None) -> Sampler:
-        p = SamplingParams(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
-        return Sampler(p, self.n_vocab, logit_bias=logit_bias or None)
 
     @torch.inference_mode()
     def embed(self, tokens: Sequence[int]) -> list[float]:

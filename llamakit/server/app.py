@@ -107,13 +107,7 @@ def create_app(backend: Any, scheduler: Scheduler, alias: str, api_key: Optional
             logprobs=logprobs, logit_bias=bias)
 
     def check_prompt(tokens: list[int]) -> None:
-        if not tokens:
-            raise ApiError(400, "the prompt is empty")
-        if any(not 0 <= t < backend.n_vocab for t in tokens):
-            raise ApiError(400, f"prompt token ids must be in [0, {backend.n_vocab})")
-        if len(tokens) >= n_ctx:
-            raise ApiError(400, f"the prompt is {len(tokens)} tokens, longer than the context of {n_ctx} "
-                                f"tokens per slot; shorten it or start the server with a larger -c")
+        scheduler.check_prompt(tokens)  # the completion core's checks: InputError -> 400
 
     def start(tokens: list[int], params: GenParams) -> tuple[Job, asyncio.Queue]:
         loop = asyncio.get_running_loop()
