@@ -60,7 +60,9 @@ class Backend:
             n_slot = (n_ctx or self.lm.config.n_ctx_train) // n_seq
             if n_slot < 8:
                 raise InputError(f"-c {n_ctx} over -np {n_seq} leaves {n_slot} tokens per slot; raise -c")
-            self.ctx = MultiContext(self.lm, n_slot, n_seq)
+            # the engine's own multi-sequence Context once it has one (n_ctx per sequence assumed), else the stand-in
+            self.ctx = (Context(self.lm, n_slot, n_seq=n_seq) if hasattr(Context, "decode_batch")  # type: ignore
+                        else MultiContext(self.lm, n_slot, n_seq))
         except BaseException:
             self.lm.close()
             raise
