@@ -102,3 +102,23 @@ def test_long_prompt_is_chunked_between_decode_steps(server: Server) -> None:
     assert out["short"][1] == "length"
     assert 128 * 3 < out["n"] < 1000
     assert after["forward_passes_total"] - before["forward_passes_total"] >= out["n"] // 128
+
+
+def test_chat_logprobs_and_seed(server: Server) -> None:
+    body = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [
+        {"type": "text", "text": "hi"}]}], "max_tokens": 5, "temperature": 0, "logprobs": True, "top_logprobs": 2,
+        "logit_bias": NO_EOS}
+    status, r, _ = server.post("/v1/chat/completions", body)
+    assert status == 200
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == r["usage"]["completion_tokens"] == 5
+    for entry in content:
+        top = entry["top_logprobs"]
+        assert len(top) == 2 and top[0]["logprob"] >= top[1]["logprob"]
+        assert (top[0]["token"], top[0]["logprob"]) == (entry["token"], entry["logprob"])  # greedy: the best
+        assert all(isinstance(b, int) and 0 <= b < 256 for b in entry["bytes"])
+    seeded = {"prompt": [1, 50, 60], "max_tokens": 8, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+              "logit_bias": NO_EOS}
+    texts = [server.post("/v1/completions", {**seeded, "seed": s})[1]["choices"][0]["text"] for s in (42, 42, 7)]
+    assert texts[0] == texts[1]
+    assert texts[0] != texts[2]  # 8 draws from the full distribution of a random model: different seeds differ

@@ -81,7 +81,10 @@ class Backend:
         return self.tok.decode([int(t) for t in ids])
 
     def piece(self, token: int) -> str:
-        return self.tok.token_to_piece(token, True).decode("utf-8", "replace")
+        return self.piece_bytes(token).decode("utf-8", "replace")
+
+    def piece_bytes(self, token: int) -> bytes:
+        return self.tok.token_to_piece(token, True)
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """The model's chat template (ChatML when it has none), as Llama.apply_chat_template renders it."""

@@ -32,10 +32,9 @@ def _chat_logprobs(tokens: Sequence[Token], backend: Any, top: Optional[int]) ->
     for t in _scored(tokens, backend):
         lp, alts = t.logprob  # type: ignore[misc]
         piece = backend.piece(t.token)
-        content.append({"token": piece, "logprob": lp, "bytes": list(piece.encode("utf-8")),
+        content.append({"token": piece, "logprob": lp, "bytes": list(backend.piece_bytes(t.token)),
                         "top_logprobs": [{"token": backend.piece(i), "logprob": v,
-                                          "bytes": list(backend.piece(i).encode("utf-8"))}
-                                         for i, v in alts[: top or 0]]})
+                                          "bytes": list(backend.piece_bytes(i))} for i, v in alts[: top or 0]]})
     return {"content": content}
 
 
