@@ -199,3 +199,17 @@ def test_sigterm_finishes_the_running_stream(tmp_path: Path) -> None:
         assert '"finish_reason": "length"' in rest
         assert server.proc.wait(60) == 0
         assert "stopped" in server.log.read_text()
+
+
+def test_disconnect_without_streaming_frees_the_slot(server: Server) -> None:
+    base = server.metrics(KEY)
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "long answer", "max_tokens": N_CTX,
+                                                        "logit_bias": NO_EOS}), {"Content-Type": "application/json",
+                                                                                 **KEY})
+    _wait(server, lambda m: m["requests_processing"] == 1, "the request to start")
+    conn.close()
+    m = _wait(server, lambda m: m["requests_processing"] == 0, "the abandoned request to be cancelled")
+    assert m["requests_cancelled_total"] == base["requests_cancelled_total"] + 1
+    assert m["tokens_generated_total"] - base["tokens_generated_total"] < N_CTX - 10

@@ -46,6 +46,25 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse({"error": {"message": message, "type": type_, "code": status}}, status, headers=headers)
 
 
+class ApiKeyMiddleware:
+    """401 unless `Authorization: Bearer KEY` (or `X-Api-Key: KEY`); `/` and `/health` are public. A plain ASGI
+    middleware: starlette's BaseHTTPMiddleware would hide a client's disconnect from the routes."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if self.key not in (bearer, headers.get("x-api-key")):
+                resp = error_response(401, "invalid API key: pass it as 'Authorization: Bearer KEY'",
+                                      "authentication_error")
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
@@ -76,14 +95,8 @@ def create_app(backend: Any, scheduler: Scheduler, alias: str, api_key: Optional
     async def _lk(_: Request, exc: LlamakitError) -> JSONResponse:
         return error_response(400, str(exc))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path not in PUBLIC:
-            given = request.headers.get("authorization", "")
-            if given.removeprefix("Bearer ").strip() != api_key and request.headers.get("x-api-key") != api_key:
-                return error_response(401, "invalid API key: pass it as 'Authorization: Bearer KEY'",
-                                      "authentication_error")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key)
 
     # ---------------------------------------------------------------------------------------- helpers
     def params_of(body: _Sampling, max_tokens: Optional[int], logprobs: Optional[int]) -> GenParams:
@@ -128,14 +141,19 @@ def create_app(backend: Any, scheduler: Scheduler, alias: str, api_key: Optional
 
     async def collect(request: Request, job: Job, q: asyncio.Queue) -> tuple[list[Token], Done]:
         tokens: list[Token] = []
+        next_check = time.monotonic() + 0.5
         try:
             while True:
                 try:
                     ev = await asyncio.wait_for(q.get(), 0.5)
                 except asyncio.TimeoutError:
+                    ev = None
+                if time.monotonic() >= next_check:  # tokens may keep coming: look at the client twice a second
+                    next_check = time.monotonic() + 0.5
                     if await request.is_disconnected():
                         job.cancel()
-                        raise ApiError(499, "client disconnected") from None
+                        raise ApiError(499, "client disconnected")
+                if ev is None:
                     continue
                 if isinstance(ev, Token):
                     tokens.append(ev)
