@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..model import rope_cos_sin
 from ..runtime.generate import Context
 from ..runtime.loader import load_model
 from ..tokenizer import Tokenizer
@@ -92,16 +91,14 @@ class Backend:
 
     @torch.inference_mode()
     def embed(self, tokens: Sequence[int]) -> list[float]:
-        """Mean of the final (output-normed) hidden states over the tokens, scaled to unit length, computed
-        in a scratch cache of len(tokens) positions (the slots' caches are untouched)."""
-        model = self.lm.model
-        ctx = Context(self.lm, len(tokens), n_ubatch=len(tokens))
-        ids = torch.tensor(list(tokens), dtype=torch.long)
-        h = model.token_embd(ids)
-        positions = torch.arange(len(tokens))
-        for blk, pair in zip(model.blk, ctx.cache.layers):
-            dev = blk.attn_norm.weight.device
-            cos, sin = rope_cos_sin(self.lm.config, positions.to(dev), model.rope_freqs.weight)
-            h = blk(h.to(dev), cos, sin, pair, 0)
-        h = model.output_norm(h.to(model.output_norm.weight.device)).mean(0)
+        """Mean of the final hidden states (the output norm's output) over the tokens, scaled to unit length.
+        Evaluated in a scratch context of len(tokens) positions (the slots' caches are untouched); the states are
+        read with a forward hook on `output_norm`, so this works with any Context that runs the model."""
+        rows: list[torch.Tensor] = []
+        hook = self.lm.model.output_norm.register_forward_hook(lambda _m, _i, out: rows.append(out.detach()))
+        try:
+            Context(self.lm, len(tokens)).decode(list(tokens), logits="all")
+        finally:
+            hook.remove()
+        h = torch.cat(rows).float().mean(0)
         return torch.nn.functional.normalize(h, dim=0).tolist()
