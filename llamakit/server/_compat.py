@@ -1,12 +1,12 @@
-"""TEMPORARY stand-in for what the server needs from `llamakit.api` and the engine's multi-sequence Context.
+"""TEMPORARY: loading the model for the server, and a stand-in for the engine's multi-sequence Context.
 
-Delete this file once branch `api` (H4: `Llama`, runtime/completion.py) and branch `engine` (H2: Context with
-n_seq, decode_batch, truncate) are merged; app.py and scheduler.py then take the same objects from the API.
-Until then it imports runtime and tokenizer directly (tests/test_imports.py lists it as a temporary exception).
-
-`MultiContext` follows the engine contract but emulates `decode_batch` with one Context per sequence: the
-scheduler's calls are exactly those the real engine gets (one decode_batch per step for every active slot),
-but each item is still its own forward pass here, so batching saves no time until the engine lands.
+`Backend` loads the model and tokenizer and builds the slots' Context: the engine's `Context(lm, n_ctx, n_seq=N)`
+when it has `decode_batch` (branch `engine`, H2), else `MultiContext` below. `MultiContext` follows the engine
+contract but emulates `decode_batch` with one Context per sequence: the scheduler's calls are exactly those the
+real engine gets (one decode_batch per step for every active slot), but each item is still its own forward pass.
+Once `engine` is merged, delete MultiContext; the loading (and `embed`) belong behind `llamakit.api` (H4's `Llama`
+builds a single-sequence context today). This file imports tokenizer directly: tests/test_imports.py lists it as a
+temporary exception to "server -> api, runtime, errors".
 """
 
 from __future__ import annotations
