@@ -158,7 +158,8 @@ def create_app(backend: Any, scheduler: Scheduler, alias: str, api_key: Optional
                 if isinstance(ev, Token):
                     tokens.append(ev)
                 elif isinstance(ev, Failed):
-                    raise ApiError(500, ev.message, "server_error")
+                    raise ApiError(ev.status, ev.message, "server_error" if ev.status >= 500 else
+                                   "invalid_request_error")
                 else:
                     return tokens, ev
         finally:
@@ -176,7 +177,8 @@ def create_app(backend: Any, scheduler: Scheduler, alias: str, api_key: Optional
                     if data is not None:
                         yield f"data: {json.dumps(data)}\n\n"
                 elif isinstance(ev, Failed):
-                    yield f"data: {json.dumps({'error': {'message': ev.message, 'type': 'server_error', 'code': 500}})}\n\n"
+                    err = {"message": ev.message, "type": "server_error", "code": ev.status}
+                    yield f"data: {json.dumps({'error': err})}\n\n"
                     break
                 else:
                     for data in final(ev):

@@ -76,6 +76,7 @@ class Done:
 @dataclass
 class Failed:
     message: str
+    status: int = 500  # 400 when the request itself was at fault (a LlamakitError)
 
 
 @dataclass
@@ -235,7 +236,8 @@ class Scheduler:
             try:
                 self._run(slot, job)
             except Exception as e:  # reported to this request; the slot stays usable
-                job.sink(Failed(str(e) if isinstance(e, LlamakitError) else f"generation failed: {e!r}"))
+                bad = isinstance(e, LlamakitError)
+                job.sink(Failed(str(e) if bad else f"generation failed: {e!r}", 400 if bad else 500))
             finally:
                 with self._cv:
                     slot.job = None
