@@ -233,18 +233,20 @@ class Scheduler:
                     return
                 job = slot.job
             assert job is not None
+            final: Any
             try:
-                self._run(slot, job)
+                final = self._run(slot, job)
             except Exception as e:  # reported to this request; the slot stays usable
                 bad = isinstance(e, LlamakitError)
-                job.sink(Failed(str(e) if bad else f"generation failed: {e!r}", 400 if bad else 500))
-            finally:
-                with self._cv:
-                    slot.job = None
-                    slot.last_used = time.monotonic()
-                    self._cv.notify_all()
+                final = Failed(str(e) if bad else f"generation failed: {e!r}", 400 if bad else 500)
+            with self._cv:  # the slot is free before the client hears that its request ended
+                slot.job = None
+                slot.last_used = time.monotonic()
+                self._cv.notify_all()
+            job.sink(final)
 
-    def _run(self, slot: _Slot, job: Job) -> None:
+    def _run(self, slot: _Slot, job: Job) -> Done:
+        """Run the job's completion in this slot; returns its Done (sent once the slot is free)."""
         p, comp, m = job.params, slot.comp, self.metrics
         comp.rng.manual_seed(resolve_seed(p.seed))
         req = Request(job.prompt, max_tokens=-1 if p.max_tokens is None else max(1, p.max_tokens),
@@ -276,9 +278,8 @@ class Scheduler:
         n_gen = len(res.tokens) - (1 if res.stop_reason == "eog" and res.tokens else 0)
         if cancelled:
             m.cancelled += 1
-            job.sink(Done("cancelled", len(job.prompt), n_gen, res.n_reused))
-        else:
-            job.sink(Done(res.finish_reason, len(job.prompt), n_gen, res.n_reused))
+            return Done("cancelled", len(job.prompt), n_gen, res.n_reused)
+        return Done(res.finish_reason, len(job.prompt), n_gen, res.n_reused)
 
     # ------------------------------------------------------------------ the scheduler thread
     def _loop(self) -> None:
