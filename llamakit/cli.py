@@ -695,5 +695,31 @@ def plan(
     typer.echo("\n".join(plan_lines(p)))
 
 
-if __name__ == "__main__":  # python -m llamakit.cli
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def serve(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A .gguf model (default: SmolLM2-135M-Instruct Q4_1, fetched once)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+    n_parallel: int = typer.Option(1, "-np", "--parallel", help="Parallel sequences (slots) decoded together."),
+    ctx_size: int = typer.Option(4096, "-c", "--ctx-size", help="Context size of all slots together (each gets c / np; 0 = the model's)."),
+    gpu_layers: int = typer.Option(-1, "-ngl", "--gpu-layers", "--n-gpu-layers", help="Layers to offload (llama.cpp's -ngl)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on the API."),
+    alias: Optional[str] = typer.Option(None, "-a", "--alias", help="Model name the API reports (default: the file name)."),
+    chunk: int = typer.Option(128, "--chunk", help="Prompt tokens evaluated per slot between two decode steps."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Requests that may wait for a slot (default 4 x -np); beyond: 503."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads."),
+) -> None:
+    """OpenAI-compatible HTTP server (llama.cpp's llama-server): /v1/chat/completions, /v1/completions, a chat page at /."""
+    from .server.serve import ServeOptions
+    from .server.serve import serve as run_server
+
+    n_threads, _ = _engine_threads(threads)
+    opts = ServeOptions(model=_model_or_default(model), host=host, port=port, n_parallel=n_parallel,
+                        n_ctx=ctx_size, gpu_layers=gpu_layers, api_key=api_key, alias=alias, chunk=chunk,
+                        queue_size=max_queue, n_threads=n_threads)
+    run_server(opts, log=lambda s: typer.echo(s, err=True))
+
+
+
+if __name__ == "__main__":  # python -m llamakit.cli (the tests start the server this way)
     app()
