@@ -381,7 +381,7 @@ def _cache_types(ctk: str, ctv: str):  # type: ignore[no-untyped-def]
 _CTK_HELP = "KV cache type for K: f16 (default, as llama.cpp) or f32."
 _CTV_HELP = "KV cache type for V: f16 (default, as llama.cpp) or f32."
 _TB_HELP = "Threads for prompt processing (batches; default: --threads)."
-_BACKEND_HELP = "Kernels: auto (native C where it builds, else torch), native, torch."
+_BACKEND_HELP = "Kernels: auto (native C where it builds, else torch), native, torch, exact (float32 reference)."
 
 
 _NGL_HELP = ("Layers to put on the GPU (llama.cpp's -ngl): a count (the last N blocks; N > n_layer adds the "

@@ -3,10 +3,11 @@
     python scripts/bench_kernels_fused.py                      # SmolLM2 (Q4_1, Q8_0) and TinyLlama dims, T=1
     python scripts/bench_kernels_fused.py --types Q4_0 --threads 1 --ctx 256 --iters 2000
 
-Weights are random, quantized with llamakit's codecs and prepared by the library. Each row: the time of a
+Weights are random (64 distinct rows, tiled), quantized with llamakit's codecs and prepared by the library. Each row: the time of a
 Python-level call (FusedBlock.__call__), the share of it spent in the 7 lk_matmul calls and in the rest
 (norms, rope, cache stores, attention over `--ctx` filled slots, SwiGLU, residuals; measured in C), and the
-bare ctypes+Python overhead of __call__ (a T=0 call). On a shared machine the numbers are noisy.
+bare ctypes+Python overhead of __call__ (CPU time of a T=0 call). On a loaded machine the wall-clock columns
+are inflated by waiting for a core; the last column (process CPU time per call, all threads) is steadier. On a shared machine the numbers are noisy.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from llamakit.gguf.constants import GGMLType  # noqa: E402
 from llamakit.kernels import fused  # noqa: E402
 from llamakit.kernels.fused import FusedBlock  # noqa: E402
+from llamakit.kernels.native import NativeKernel  # noqa: E402
 from llamakit.quants import get_codec  # noqa: E402
 
 DIMS = {
@@ -33,20 +35,17 @@ DIMS = {
 }
 
 
-def make_block(lib: ctypes.CDLL, dims: dict, gtype: GGMLType, n_ctx: int, variant: str | None) -> FusedBlock:
+def make_block(dims: dict, gtype: GGMLType, n_ctx: int, variant: str | None) -> FusedBlock:
     g = torch.Generator().manual_seed(0)
     e, nq, nkv, ff = dims["n_embd"], dims["n_head"] * dims["head_dim"], dims["n_head_kv"] * dims["head_dim"], dims["n_ff"]
     shapes = {"attn_q": (nq, e), "attn_k": (nkv, e), "attn_v": (nkv, e), "attn_output": (e, nq),
               "ffn_gate": (ff, e), "ffn_up": (ff, e), "ffn_down": (e, ff)}
-    codec = get_codec(gtype)
-    lib.lk_prepare.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    codec, kernel = get_codec(gtype), NativeKernel(gtype, variant)
     linears: dict = {}
     for name, (rows, cols) in shapes.items():
-        raw = codec.quantize(torch.randn(rows, cols, generator=g) * 0.05).contiguous()
-        out = torch.empty(lib.lk_prepared_size(int(gtype), rows, cols), dtype=torch.uint8)
-        if lib.lk_prepare(int(gtype), rows, cols, raw.data_ptr(), out.data_ptr()) != 0:
-            raise SystemExit(f"{gtype.name}: the native library cannot prepare it")
-        linears[name] = (int(gtype), out, rows, cols, None)
+        # 64 random rows quantized (llamakit's quantizers are slow on 11M weights), tiled to `rows`
+        raw = codec.quantize(torch.randn(64, cols, generator=g) * 0.05).repeat(rows // 64, 1).contiguous()
+        linears[name] = (int(gtype), kernel.prepare(raw.view(rows, -1)), rows, cols, None)
     linears["attn_norm"] = torch.ones(e)
     linears["ffn_norm"] = torch.ones(e)
     shape = (1, dims["n_head_kv"], n_ctx + 1, dims["head_dim"])
@@ -75,13 +74,13 @@ def bench(fb: FusedBlock, dims: dict, n_ctx: int, iters: int) -> tuple[float, fl
 
 
 def call_overhead(fb: FusedBlock, dims: dict, iters: int = 20000) -> float:
-    """us per __call__ with T=0: the Python + ctypes cost alone (the C side returns at once)."""
+    """CPU us per __call__ with T=0: the Python + ctypes cost alone (the C side returns at once)."""
     x, pos = torch.zeros(0, dims["n_embd"]), torch.zeros(0, dtype=torch.int32)
     cos, sin = torch.ones(fb.n_ctx, fb.half), torch.zeros(fb.n_ctx, fb.half)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(iters):
         fb(x, pos, pos, cos, sin)
-    return (time.perf_counter() - t0) / iters * 1e6
+    return (time.process_time() - t0) / iters * 1e6
 
 
 def main() -> None:
@@ -99,7 +98,7 @@ def main() -> None:
     print(f"{'model':10} {'type':6} {'thr':>3} {'us/call':>9} {'matmul':>8} {'rest':>7} {'py+ctypes':>9} {'cpu us':>8}")
     for m in a.models:
         for t in a.types:
-            fb = make_block(lib, DIMS[m], GGMLType[t], a.ctx, a.variant)
+            fb = make_block(DIMS[m], GGMLType[t], a.ctx, a.variant)
             ovh = call_overhead(fb, DIMS[m])
             for n in a.threads:
                 lib.lk_set_threads(n)

@@ -41,6 +41,8 @@ def test_torch_backend_choices() -> None:
         assert k.name == "torch-dequant"
         w = torch.zeros(2, 300, dtype=torch.uint8)
         assert k.prepare(w) is w
+    assert kernel_for(GGMLType.Q4_1, backend="exact").name == "torch-dequant"
+    assert kernel_for(GGMLType.Q4_K, backend="exact").name == "torch-dequant"
     with pytest.raises(InputError, match="unknown kernel backend 'fast'"):
         kernel_for(GGMLType.F32, backend="fast")
     with pytest.raises(UnsupportedError, match="blk.0.attn_q.weight.*IQ2_XXS"):

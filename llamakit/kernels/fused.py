@@ -3,7 +3,7 @@
 The torch engine issues ~50 eager ops per block and token; `FusedBlock` does the whole block (norms,
 q/k/v/o matmuls, rope, K/V stores, attention, SwiGLU, residuals) in one ctypes call whose argument
 struct is built once: `__call__` only passes x, pos, seq (and cos/sin, cached while the same tensors come
-back). Weights must already be in the library's prepared form (`NativeKernel.prepare`).
+back). Weights must already be in the library's prepared form (`NativeKernel.prepare`, same variant).
 
     dims     n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot, eps
     linears  attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down:
@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import InputError, LlamakitError
-from .native.build import load
+from .native import native_library
 
-NATIVE = Path(__file__).resolve().parent / "native"
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _FIELDS = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
            "ffn_down": "down"}
@@ -52,9 +50,8 @@ class FusedBlockError(LlamakitError):
 
 
 def _library(variant: str | None) -> ctypes.CDLL:
-    """The "lk" library (same sources and cache key as NativeKernel's, so the same loaded object and the
-    same thread pool)."""
-    lib, _ = load("lk", sorted(NATIVE.glob("k_*.c")), variant)
+    """The "lk" library NativeKernel uses (the same loaded object, so the same thread pool)."""
+    lib = native_library(variant).dll
     if not getattr(lib, "_lk_fused_ready", False):
         lib.lk_block_forward.argtypes = [_P, _I64, _P, _P, _P, _P, _P]
         lib.lk_block_forward.restype = ctypes.c_int
@@ -62,8 +59,6 @@ def _library(variant: str | None) -> ctypes.CDLL:
         lib.lk_block_reserve.restype = ctypes.c_int
         lib.lk_block_release.argtypes = [_P]
         lib.lk_block_release.restype = None
-        lib.lk_prepared_size.argtypes = [ctypes.c_int, _I64, _I64]
-        lib.lk_prepared_size.restype = ctypes.c_size_t
         lib._lk_fused_ready = True
     return lib
 
@@ -96,11 +91,11 @@ class FusedBlock:
             gtype, w, rows, cols, bias = linears[name]
             if (rows, cols) != shapes[name]:
                 raise InputError(f"fused block: {name} is {rows}x{cols}, expected {shapes[name][0]}x{shapes[name][1]}")
-            need = self.lib.lk_prepared_size(int(gtype), rows, cols)
-            if need == 0:
+            if not self.lib.lk_supports(int(gtype)):
                 raise FusedBlockError(f"fused block: {name}: ggml type {int(gtype)} has no native kernel")
+            need = self.lib.lk_prepared_size(int(gtype), rows, cols)
             _check(w, torch.uint8, tuple(w.shape), f"{name} weight")
-            if w.numel() != need:
+            if w.numel() < need:
                 raise InputError(f"fused block: {name}: {w.numel()} prepared bytes, the library wants {need}")
             lin = getattr(b, _FIELDS[name])
             lin.type, lin.rows, lin.cols, lin.w = int(gtype), rows, cols, w.data_ptr()
@@ -139,20 +134,26 @@ class FusedBlock:
             lib = _library(variant)
         except LlamakitError:
             return False
-        return all(lib.lk_prepared_size(int(linears[n][0]), int(linears[n][2]), int(linears[n][3])) > 0
-                   for n in LINEARS)
+        return all(lib.lk_supports(int(linears[n][0])) for n in LINEARS)
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor, seq: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor) -> None:
         """x float32 (T, n_embd) updated in place; pos, seq int32 (T,); cos, sin float32 (n_ctx, n_rot/2).
-        Shapes are the caller's contract (checked once per new cos/sin pair, not per call)."""
+        x, pos and seq are checked on every call (what C would read past); cos/sin once per new pair."""
+        t = x.shape[0]
+        if (x.dtype != torch.float32 or x.shape[-1] != self.n_embd or not x.is_contiguous()
+                or pos.dtype != torch.int32 or seq.dtype != torch.int32 or pos.shape != (t,) or seq.shape != (t,)
+                or not pos.is_contiguous() or not seq.is_contiguous()):
+            raise InputError(f"fused block: x must be contiguous float32 (T, {self.n_embd}) and pos, seq "
+                             f"contiguous int32 (T,); got {x.dtype} {tuple(x.shape)}, {pos.dtype} "
+                             f"{tuple(pos.shape)}, {seq.dtype} {tuple(seq.shape)}")
         c, s, cp, sp = self._angles
         if cos is not c or sin is not s:
             _check(cos, torch.float32, (self.n_ctx, self.half), "cos")
             _check(sin, torch.float32, (self.n_ctx, self.half), "sin")
             cp, sp = cos.data_ptr(), sin.data_ptr()
             self._angles = (cos, sin, cp, sp)
-        rc = self._fwd(self._bp, x.shape[0], x.data_ptr(), pos.data_ptr(), seq.data_ptr(), cp, sp)
+        rc = self._fwd(self._bp, t, x.data_ptr(), pos.data_ptr(), seq.data_ptr(), cp, sp)
         if rc != 0:
             self._raise(rc, x, pos, seq)
 

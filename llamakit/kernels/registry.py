@@ -5,8 +5,9 @@
     backend "torch":  torch kernels only: `Int4PackKernel` for Q4_0/Q4_1 linears on the CPU, the exact
                       dequantizing kernels for everything else (and for embeddings: row lookups)
     backend "auto":   "native" where it builds, else "torch" (`native_status` says why not, once)
-    device "cuda":    the Triton kernels (kernels/triton_kernels.py) unless backend is "torch" or triton is
-                      not installed; then the exact torch kernels, which run on any device
+    backend "exact":  the exact dequantizing torch kernels only, over the file's bytes (the reference)
+    device "cuda":    the Triton kernels (kernels/triton_kernels.py) unless backend is "torch"/"exact" or
+                      triton is not installed; then the exact torch kernels, which run on any device
 
 Every kernel has `name` ("native-avx512", "torch-int4pack", "torch-dequant"), `prepare(w)` (once, at
 load: the working form of the file's rows; identity for torch-dequant), `linear(x, w, n_in)` and
@@ -24,7 +25,7 @@ from ..gguf.constants import GGMLType
 from . import int4pack
 from .torch_kernels import Kernel, torch_kernel_for
 
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = ("auto", "native", "torch", "exact")
 USES = ("linear", "rows")
 
 
@@ -85,13 +86,13 @@ def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", *, backend: str = 
         raise ValueError(f"use must be one of {USES}, not {use!r}")
     ggml_type = GGMLType(ggml_type)
     exact = torch_kernel_for(ggml_type, what=what)  # also the type check: IQ* and unknown types raise here
-    if device_type == "cuda" and backend != "torch":  # Triton's fused kernels when triton is installed
+    if device_type == "cuda" and backend not in ("torch", "exact"):  # Triton's fused kernels when installed
         from . import triton_kernels
 
         fused = triton_kernels.lookup(ggml_type, use)
         if fused is not None:
             return fused
-    if device_type != "cpu":
+    if device_type != "cpu" or backend == "exact":
         return exact
     if backend == "native" or (backend == "auto" and native_status(variant).ok):
         k = native_kernel(ggml_type, variant, what)

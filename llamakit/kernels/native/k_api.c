@@ -9,7 +9,7 @@
 #define LK_XBLOCK 64 /* activation rows per tile of a task: their quantized bytes stay in L2 */
 
 static const lk_format *find_format(int type) {
-    const lk_format *tables[] = {lk__legacy_formats, lk__kquant_formats, lk__float_formats};
+    const lk_format *tables[] = {lk__legacy_formats, lk__kquant_formats, lk__kquant_low_formats, lk__float_formats};
     for (size_t t = 0; t < sizeof tables / sizeof *tables; t++)
         for (const lk_format *f = tables[t]; f->type >= 0; f++)
             if (f->type == type) return f;

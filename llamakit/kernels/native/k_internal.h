@@ -80,6 +80,7 @@ typedef struct {
 
 extern const lk_format lk__legacy_formats[];  /* terminated by type -1 */
 extern const lk_format lk__kquant_formats[];
+extern const lk_format lk__kquant_low_formats[];
 extern const lk_format lk__float_formats[];
 
 /* nx-specialised kernels: an always-inline body called with constant nx (1..LK_NX) */

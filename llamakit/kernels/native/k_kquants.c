@@ -136,7 +136,8 @@ LK_INL void k4_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t xs,
         for (int r = 0; r < nx; r++) isum[r] = msum[r] = vi_zero();
         for (int c = 0; c < 4; c++) {
             lk_vi a0[LK_NX], a1[LK_NX];
-            for (int r = 0; r < nx; r++) a0[r] = a1[r] = vi_zero();
+            lk_vs b0[LK_NX], b1[LK_NX]; /* Q4_K: 8 steps of 4-bit weights fit int16 pair sums */
+            for (int r = 0; r < nx; r++) a0[r] = a1[r] = vi_zero(), b0[r] = b1[r] = vs_zero();
             for (int g = 0; g < 8; g++) {
                 lk_b64 v = b64_load(qs[c][g]);
                 lk_b64 lo = b64_and(v, 0x0F), hi = b64_srl(v, 4);
@@ -146,10 +147,17 @@ LK_INL void k4_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t xs,
                     hi = b64_or(hi, b64_and(2 * c + 1 <= 4 ? b64_sll(h, 3 - 2 * c) : b64_srl(h, 2 * c - 3), 0x10));
                 }
                 for (int r = 0; r < nx; r++) {
-                    a0[r] = vi_dot(a0[r], lo, XK(r, b)->qs + 64 * c + 4 * g);
-                    a1[r] = vi_dot(a1[r], hi, XK(r, b)->qs + 64 * c + 32 + 4 * g);
+                    if (has_h) {
+                        a0[r] = vi_dot(a0[r], lo, XK(r, b)->qs + 64 * c + 4 * g);
+                        a1[r] = vi_dot(a1[r], hi, XK(r, b)->qs + 64 * c + 32 + 4 * g);
+                    } else {
+                        b0[r] = vs_dot(b0[r], lo, XK(r, b)->qs + 64 * c + 4 * g);
+                        b1[r] = vs_dot(b1[r], hi, XK(r, b)->qs + 64 * c + 32 + 4 * g);
+                    }
                 }
             }
+            if (!has_h)
+                for (int r = 0; r < nx; r++) a0[r] = vi_from_vs(b0[r]), a1[r] = vi_from_vs(b1[r]);
             const lk_vi s0 = vi_u8(w->sc[2 * c]), s1 = vi_u8(w->sc[2 * c + 1]);
             const lk_vi m0 = vi_u8(w->m[2 * c]), m1 = vi_u8(w->m[2 * c + 1]);
             for (int r = 0; r < nx; r++) {
@@ -188,22 +196,30 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
         lk_vi isum[LK_NX];
         for (int r = 0; r < nx; r++) isum[r] = vi_zero();
         for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int half = 0; half < 2; half++) {
-                    lk_vi a[LK_NX];
-                    for (int r = 0; r < nx; r++) a[r] = vi_zero();
-                    for (int g = 4 * half; g < 4 * half + 4; g++) {
-                        lk_b64 ql = b64_load(w->ql[h][k & 1][g]), qh = b64_load(w->qh[h][g]);
-                        lk_b64 lo = k >> 1 ? b64_srl(ql, 4) : b64_and(ql, 0x0F);
-                        lk_b64 hi = b64_and(2 * k <= 4 ? b64_sll(qh, 4 - 2 * k) : b64_srl(qh, 2 * k - 4), 0x30);
-                        lk_b64 q = b64_or(lo, hi);
-                        for (int r = 0; r < nx; r++) a[r] = vi_dot(a[r], q, XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
-                    }
+            for (int half = 0; half < 2; half++) {
+                lk_vi a[4][LK_NX]; /* k = 0..3: sub-blocks 8h + 2k + half */
+                for (int k = 0; k < 4; k++)
+                    for (int r = 0; r < nx; r++) a[k][r] = vi_zero();
+                for (int g = 4 * half; g < 4 * half + 4; g++) {
+                    const lk_b64 ql0 = b64_load(w->ql[h][0][g]), ql1 = b64_load(w->ql[h][1][g]);
+                    const lk_b64 qh = b64_load(w->qh[h][g]);
+                    /* weight k: low nibble | qh bits 2k..2k+1 moved to bits 4-5 (16-bit shifts, then masks) */
+                    const lk_b64 q[4] = {
+                        b64_lo4_or(ql0, b64_and(b64_shl16(qh, 4), 0x30)),
+                        b64_lo4_or(ql1, b64_and(b64_shl16(qh, 2), 0x30)),
+                        b64_lo4_or(b64_shr16(ql0, 4), b64_and(qh, 0x30)),
+                        b64_lo4_or(b64_shr16(ql1, 4), b64_and(b64_shr16(qh, 2), 0x30)),
+                    };
+                    for (int k = 0; k < 4; k++)
+                        for (int r = 0; r < nx; r++) a[k][r] = vi_dot(a[k][r], q[k], XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
+                }
+                for (int k = 0; k < 4; k++) {
                     const int j = 8 * h + 2 * k + half;
                     const lk_vi sc = vi_i8(w->sc[j]);
                     for (int r = 0; r < nx; r++)
-                        isum[r] = vi_add(isum[r], vi_mul(vi_sub(a[r], vi_set1(32 * XK(r, b)->bsums[j])), sc));
+                        isum[r] = vi_add(isum[r], vi_mul(vi_sub(a[k][r], vi_set1(32 * XK(r, b)->bsums[j])), sc));
                 }
+            }
         const lk_vf d = vf_f16(w->d);
         for (int r = 0; r < nx; r++) acc[r] = vf_fma(vf_cvt(isum[r]), vf_mul(d, vf_set1(XK(r, b)->d)), acc[r]);
     }

@@ -178,7 +178,8 @@ LK_INL void nibble_body(const uint8_t *g, int64_t nb, const uint8_t *xq, size_t 
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = g + (size_t)b * bsz;
         lk_vi s[LK_NX];
-        for (int r = 0; r < nx; r++) s[r] = vi_zero();
+        lk_vs s4[LK_NX];
+        for (int r = 0; r < nx; r++) s[r] = vi_zero(), s4[r] = vs_zero();
         lk_b64 qh = has_h ? b64_load(blk + qh_off) : b64_and(b64_load(blk), 0);
         for (int k = 0; k < 4; k++) {
             lk_b64 v = b64_load(blk + qs_off + 64 * k);
@@ -194,13 +195,20 @@ LK_INL void nibble_body(const uint8_t *g, int64_t nb, const uint8_t *xq, size_t 
                     s[r] = vi_dot128(s[r], lo, XB(r, b)->qs + 4 * k);
                     s[r] = vi_dot128(s[r], hi, XB(r, b)->qs + 16 + 4 * k);
                 }
-            } else {
+            } else if (has_h) {
                 for (int r = 0; r < nx; r++) {
                     s[r] = vi_dot(s[r], lo, XB(r, b)->qs + 4 * k);
                     s[r] = vi_dot(s[r], hi, XB(r, b)->qs + 16 + 4 * k);
                 }
+            } else { /* 4-bit weights: 8 steps fit int16 pair sums */
+                for (int r = 0; r < nx; r++) {
+                    s4[r] = vs_dot(s4[r], lo, XB(r, b)->qs + 4 * k);
+                    s4[r] = vs_dot(s4[r], hi, XB(r, b)->qs + 16 + 4 * k);
+                }
             }
         }
+        if (fmt == 0 || fmt == 1)
+            for (int r = 0; r < nx; r++) s[r] = vi_from_vs(s4[r]);
         const lk_vf d = vf_f16((const uint16_t *)blk);
         const int off = fmt == 0 ? 8 : fmt == 2 ? 16 : fmt == 4 ? 128 * DOT128_BIAS : 0;
         for (int r = 0; r < nx; r++) {

@@ -12,6 +12,8 @@
  * Weights are unsigned bytes, activations signed int8. vi_dot needs w*x pair sums to fit int16 for the
  * avx2 path (w <= 128: 2*128*127 < 32768). vi_dot128 takes bytes w = q + 128 of a signed q and returns
  * sum(q*x) + DOT128_BIAS * 128*sum(x): the caller subtracts that bias using the activation block's sum.
+ * lk_vs / vs_dot: the same dot steps into accumulators that are int16 pairs on avx2 (widened once by
+ * vi_from_vs): only for 4-bit weights and at most 8 steps (8 * 2 * 15 * 127 < 32768).
  */
 #ifndef K_SIMD_H
 #define K_SIMD_H
@@ -38,6 +40,13 @@ LK_INL lk_b64 b64_or(lk_b64 a, lk_b64 b) { return _mm512_or_si512(a, b); }
 /* byte shifts: a 16-bit shift, then the bits that crossed from the neighbour byte are masked off */
 LK_INL lk_b64 b64_srl(lk_b64 a, int n) { return b64_and(_mm512_srli_epi16(a, n), (uint8_t)(0xFF >> n)); }
 LK_INL lk_b64 b64_sll(lk_b64 a, int n) { return b64_and(_mm512_slli_epi16(a, n), (uint8_t)(0xFF << n)); }
+/* raw 16-bit lane shifts (bits cross between the two bytes of a lane: mask afterwards) */
+LK_INL lk_b64 b64_shl16(lk_b64 a, int n) { return _mm512_slli_epi16(a, n); }
+LK_INL lk_b64 b64_shr16(lk_b64 a, int n) { return _mm512_srli_epi16(a, n); }
+/* (lo & 0x0F) | hi, for hi with no bits in 0x0F: one vpternlogd ((A & C) | B = 0xEC) */
+LK_INL lk_b64 b64_lo4_or(lk_b64 lo, lk_b64 hi) {
+    return _mm512_ternarylogic_epi32(lo, hi, _mm512_set1_epi8(0x0F), 0xEC);
+}
 /* t[b & 15] per byte (b < 16) */
 LK_INL lk_b64 b64_lut16(lk_b64 a, const uint8_t *t) {
     return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t)), a);
@@ -48,9 +57,15 @@ LK_INL lk_vi vi_dot(lk_vi acc, lk_b64 w, const int8_t *x4) {
     return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(lk_rd32(x4)));
 }
 LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x4) { return vi_dot(acc, w, x4); }
+typedef lk_vi lk_vs;
+LK_INL lk_vs vs_zero(void) { return _mm512_setzero_si512(); }
+LK_INL lk_vs vs_dot(lk_vs acc, lk_b64 w, const int8_t *x4) { return vi_dot(acc, w, x4); }
+LK_INL lk_vi vi_from_vs(lk_vs a) { return a; }
 LK_INL lk_vi vi_add(lk_vi a, lk_vi b) { return _mm512_add_epi32(a, b); }
 LK_INL lk_vi vi_sub(lk_vi a, lk_vi b) { return _mm512_sub_epi32(a, b); }
 LK_INL lk_vi vi_mul(lk_vi a, lk_vi b) { return _mm512_mullo_epi32(a, b); }
+LK_INL lk_vi vi_and(lk_vi a, int32_t m) { return _mm512_and_si512(a, _mm512_set1_epi32(m)); }
+LK_INL lk_vi vi_srl(lk_vi a, int n) { return _mm512_srli_epi32(a, n); }
 LK_INL lk_vi vi_u8(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 LK_INL lk_vi vi_i8(const int8_t *p) { return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 LK_INL lk_vf vf_zero(void) { return _mm512_setzero_ps(); }
@@ -89,6 +104,9 @@ LK_INL lk_b64 b64_srl(lk_b64 v, int n) {
 LK_INL lk_b64 b64_sll(lk_b64 v, int n) {
     return b64_and((lk_b64){_mm256_slli_epi16(v.a, n), _mm256_slli_epi16(v.b, n)}, (uint8_t)(0xFF << n));
 }
+LK_INL lk_b64 b64_shl16(lk_b64 v, int n) { return (lk_b64){_mm256_slli_epi16(v.a, n), _mm256_slli_epi16(v.b, n)}; }
+LK_INL lk_b64 b64_shr16(lk_b64 v, int n) { return (lk_b64){_mm256_srli_epi16(v.a, n), _mm256_srli_epi16(v.b, n)}; }
+LK_INL lk_b64 b64_lo4_or(lk_b64 lo, lk_b64 hi) { return b64_or(b64_and(lo, 0x0F), hi); }
 LK_INL lk_b64 b64_lut16(lk_b64 v, const uint8_t *t) {
     __m256i tt = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
     return (lk_b64){_mm256_shuffle_epi8(tt, v.a), _mm256_shuffle_epi8(tt, v.b)};
@@ -102,6 +120,17 @@ LK_INL lk_vi vi_dot(lk_vi acc, lk_b64 w, const int8_t *x4) {
     __m256i x = _mm256_set1_epi32(lk_rd32(x4));
     return (lk_vi){_mm256_add_epi32(acc.a, lk_dot8(w.a, x)), _mm256_add_epi32(acc.b, lk_dot8(w.b, x))};
 }
+/* int16 pair sums, widened once at the end (vs_dot: at most 8 steps of weights <= 15) */
+typedef struct { __m256i a, b; } lk_vs;
+LK_INL lk_vs vs_zero(void) { return (lk_vs){_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+LK_INL lk_vs vs_dot(lk_vs acc, lk_b64 w, const int8_t *x4) {
+    __m256i x = _mm256_set1_epi32(lk_rd32(x4));
+    return (lk_vs){_mm256_add_epi16(acc.a, _mm256_maddubs_epi16(w.a, x)), _mm256_add_epi16(acc.b, _mm256_maddubs_epi16(w.b, x))};
+}
+LK_INL lk_vi vi_from_vs(lk_vs v) {
+    const __m256i one = _mm256_set1_epi16(1);
+    return (lk_vi){_mm256_madd_epi16(v.a, one), _mm256_madd_epi16(v.b, one)};
+}
 /* signed q = w ^ 0x80: |q| * (x with q's sign) keeps vpmaddubsw's pair sums within int16 */
 LK_INL __m256i lk_dot8s(__m256i w, __m256i x) {
     __m256i q = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80));
@@ -114,6 +143,11 @@ LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x4) {
 LK_INL lk_vi vi_add(lk_vi x, lk_vi y) { return (lk_vi){_mm256_add_epi32(x.a, y.a), _mm256_add_epi32(x.b, y.b)}; }
 LK_INL lk_vi vi_sub(lk_vi x, lk_vi y) { return (lk_vi){_mm256_sub_epi32(x.a, y.a), _mm256_sub_epi32(x.b, y.b)}; }
 LK_INL lk_vi vi_mul(lk_vi x, lk_vi y) { return (lk_vi){_mm256_mullo_epi32(x.a, y.a), _mm256_mullo_epi32(x.b, y.b)}; }
+LK_INL lk_vi vi_and(lk_vi x, int32_t m) {
+    __m256i k = _mm256_set1_epi32(m);
+    return (lk_vi){_mm256_and_si256(x.a, k), _mm256_and_si256(x.b, k)};
+}
+LK_INL lk_vi vi_srl(lk_vi x, int n) { return (lk_vi){_mm256_srli_epi32(x.a, n), _mm256_srli_epi32(x.b, n)}; }
 LK_INL lk_vi vi_u8(const uint8_t *p) {
     return (lk_vi){_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)),
                    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))};
@@ -160,6 +194,15 @@ LK_INL lk_b64 b64_and(lk_b64 a, uint8_t m) { LK_EACH(64) a.v[_i] &= m; return a;
 LK_INL lk_b64 b64_or(lk_b64 a, lk_b64 b) { LK_EACH(64) a.v[_i] |= b.v[_i]; return a; }
 LK_INL lk_b64 b64_srl(lk_b64 a, int n) { LK_EACH(64) a.v[_i] = (uint8_t)(a.v[_i] >> n); return a; }
 LK_INL lk_b64 b64_sll(lk_b64 a, int n) { LK_EACH(64) a.v[_i] = (uint8_t)(a.v[_i] << n); return a; }
+LK_INL lk_b64 b64_shl16(lk_b64 a, int n) {
+    LK_EACH(32) { uint16_t w = (uint16_t)(a.v[2 * _i] | a.v[2 * _i + 1] << 8); w = (uint16_t)(w << n); a.v[2 * _i] = (uint8_t)w; a.v[2 * _i + 1] = (uint8_t)(w >> 8); }
+    return a;
+}
+LK_INL lk_b64 b64_shr16(lk_b64 a, int n) {
+    LK_EACH(32) { uint16_t w = (uint16_t)(a.v[2 * _i] | a.v[2 * _i + 1] << 8); w = (uint16_t)(w >> n); a.v[2 * _i] = (uint8_t)w; a.v[2 * _i + 1] = (uint8_t)(w >> 8); }
+    return a;
+}
+LK_INL lk_b64 b64_lo4_or(lk_b64 lo, lk_b64 hi) { return b64_or(b64_and(lo, 0x0F), hi); }
 LK_INL lk_b64 b64_lut16(lk_b64 a, const uint8_t *t) { LK_EACH(64) a.v[_i] = t[a.v[_i] & 15]; return a; }
 LK_INL lk_vi vi_zero(void) { lk_vi r; memset(&r, 0, sizeof r); return r; }
 LK_INL lk_vi vi_set1(int32_t v) { lk_vi r; LK_EACH(16) r.v[_i] = v; return r; }
@@ -172,8 +215,14 @@ LK_INL lk_vi vi_dot128(lk_vi acc, lk_b64 w, const int8_t *x) {
     return acc;
 }
 LK_INL lk_vi vi_add(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] += b.v[_i]; return a; }
+typedef lk_vi lk_vs;
+LK_INL lk_vs vs_zero(void) { return vi_zero(); }
+LK_INL lk_vs vs_dot(lk_vs acc, lk_b64 w, const int8_t *x4) { return vi_dot(acc, w, x4); }
+LK_INL lk_vi vi_from_vs(lk_vs a) { return a; }
 LK_INL lk_vi vi_sub(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] -= b.v[_i]; return a; }
 LK_INL lk_vi vi_mul(lk_vi a, lk_vi b) { LK_EACH(16) a.v[_i] *= b.v[_i]; return a; }
+LK_INL lk_vi vi_and(lk_vi a, int32_t m) { LK_EACH(16) a.v[_i] &= m; return a; }
+LK_INL lk_vi vi_srl(lk_vi a, int n) { LK_EACH(16) a.v[_i] = (int32_t)((uint32_t)a.v[_i] >> n); return a; }
 LK_INL lk_vi vi_u8(const uint8_t *p) { lk_vi r; LK_EACH(16) r.v[_i] = p[_i]; return r; }
 LK_INL lk_vi vi_i8(const int8_t *p) { lk_vi r; LK_EACH(16) r.v[_i] = p[_i]; return r; }
 LK_INL lk_vf vf_zero(void) { lk_vf r; LK_EACH(16) r.v[_i] = 0.0f; return r; }

@@ -109,6 +109,9 @@ class NativeKernel:
         if not self.lib.supports(self.ggml_type):
             raise UnsupportedError(f"{what}: the native kernels do not implement {self.ggml_type.name}")
         self.block_size, self.type_size = GGML_BLOCK[self.ggml_type]
+        self._type = int(self.ggml_type)
+        self._matmul = self.lib.dll.lk_matmul
+        self._get_rows = self.lib.dll.lk_get_rows
 
     def variant(self) -> str:
         return self.lib.variant()
@@ -119,13 +122,6 @@ class NativeKernel:
     def set_threads(self, n: int) -> int:
         """Threads of the library's pool (shared by every kernel of this variant); returns the count in use."""
         return self.lib.set_threads(n)
-
-    def _cols(self, w: torch.Tensor, n_in: int) -> tuple[int, int]:
-        if w.dtype != torch.uint8 or w.dim() != 2 or not w.is_contiguous():
-            raise ValueError("expected a contiguous uint8 (rows, bytes) weight")
-        if n_in % self.block_size:
-            raise ValueError(f"{n_in} columns is not a multiple of {self.ggml_type.name}'s block {self.block_size}")
-        return w.shape[0], n_in
 
     def prepared_size(self, rows: int, n_in: int) -> int:
         return int(self.lib.dll.lk_prepared_size(int(self.ggml_type), rows, n_in))
@@ -138,6 +134,8 @@ class NativeKernel:
         if row_bytes % self.type_size:
             raise ValueError(f"row of {row_bytes} bytes is not whole {self.ggml_type.name} blocks")
         cols = row_bytes // self.type_size * self.block_size
+        if rows == 0 or cols == 0:
+            return torch.zeros(rows, 0 if rows else row_bytes, dtype=torch.uint8)
         size = self.prepared_size(rows, cols)
         k = -(-size // rows)
         out = torch.zeros(rows, k, dtype=torch.uint8)
@@ -147,27 +145,34 @@ class NativeKernel:
         return out
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, n_in: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 (T, n_in) @ prepared W (rows, .)^T -> float32 (T, rows) (into `out` if given)."""
-        rows, cols = self._cols(w, n_in)
-        x = _f32(x).reshape(-1, cols)
-        n = x.shape[0]
+        """float32 (T, n_in) @ prepared W (rows, .)^T -> float32 (T, rows) (into `out` if given).
+
+        Lean on purpose (one call per layer per token): W is trusted to be a `prepare` result."""
+        if x.dtype is not torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
+            x = _f32(x)
+        if x.shape[-1] != n_in:
+            raise ValueError(f"x has {x.shape[-1]} columns, the weight {n_in}")
+        n, rows = x.numel() // n_in, w.shape[0]
         if out is None:
-            out = torch.empty(n, rows, dtype=torch.float32)
-        elif out.dtype != torch.float32 or out.shape != (n, rows) or out.stride(1) != 1:
+            out = torch.empty((n, rows), dtype=torch.float32)
+        elif out.dtype is not torch.float32 or out.shape != (n, rows) or out.stride(1) != 1:
             raise ValueError(f"out must be float32 ({n}, {rows}) with unit column stride")
-        self.lib.check(self.lib.dll.lk_matmul(int(self.ggml_type), rows, cols, w.data_ptr(), n, x.data_ptr(),
-                                              out.data_ptr(), out.stride(0)), "matmul")
+        rc = self._matmul(self._type, rows, n_in, w.data_ptr(), n, x.data_ptr(), out.data_ptr(), out.stride(0))
+        if rc:
+            self.lib.check(rc, f"{self.ggml_type.name} matmul ({rows}x{n_in})")
         return out
 
     def rows(self, w: torch.Tensor, ids: torch.Tensor, n_in: int) -> torch.Tensor:
         """dequant(W[ids]) (the codec's float32 values): int64 (T,) -> float32 (T, n_in)."""
-        rows, cols = self._cols(w, n_in)
-        ids = ids.to(torch.int64).contiguous().reshape(-1)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+        if ids.dtype is not torch.int64 or not ids.is_contiguous() or ids.device.type != "cpu":
+            ids = ids.to("cpu", torch.int64).contiguous()
+        rows, n = w.shape[0], ids.numel()
+        out = torch.empty((n, n_in), dtype=torch.float32)
+        rc = self._get_rows(self._type, rows, n_in, w.data_ptr(), n, ids.data_ptr(), out.data_ptr())
+        if rc == -2 and n_in % self.block_size == 0:
             raise IndexError(f"row ids out of range [0, {rows})")
-        out = torch.empty(ids.numel(), cols, dtype=torch.float32)
-        self.lib.check(self.lib.dll.lk_get_rows(int(self.ggml_type), rows, cols, w.data_ptr(), ids.numel(),
-                                                ids.data_ptr(), out.data_ptr()), "get_rows")
+        if rc:
+            self.lib.check(rc, f"{self.ggml_type.name} get_rows ({rows}x{n_in})")
         return out
 
     def quantize_act(self, x: torch.Tensor) -> torch.Tensor:
