@@ -64,27 +64,30 @@ def test_logits_match_ideal(name: str, backend: str) -> None:
         with load_model(TINY_GGUF / f"{name}.gguf", backend=backend) as lm:
             f32 = Context(lm, 512, cache_dtype=torch.float32).decode(TOKENS, logits="all").numpy()
         assert np.abs(f32 - ideal).max() < 1e-3, name
-        assert agree == 1.0 and (f32.argmax(1) == ideal.argmax(1)).all()
+        assert (f32.argmax(1) == ideal.argmax(1)).all()
     else:
         assert agree >= 0.6, (name, agree)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["convert-f32", "quantize-Q4_K_M", "quantize-Q5_1"])
-def test_batch_equals_token_by_token(name: str, backend: str) -> None:
-    whole = all_logits(name, backend)
+@pytest.mark.parametrize("cache", [torch.float32, torch.float16])
+def test_batch_equals_token_by_token(name: str, backend: str, cache: torch.dtype) -> None:
     with load_model(TINY_GGUF / f"{name}.gguf", backend=backend) as lm:
-        ctx = Context(lm, 512)
+        whole = Context(lm, 512, cache_dtype=cache).decode(TOKENS, logits="all").numpy()
+        ctx = Context(lm, 512, cache_dtype=cache)
         steps = np.concatenate([ctx.decode([t]).numpy() for t in TOKENS])
         assert ctx.n_past == len(TOKENS)
         # physical batches of 5 after earlier tokens: the masked path
-        ctx2 = Context(lm, 512, n_ubatch=5)
+        ctx2 = Context(lm, 512, n_ubatch=5, cache_dtype=cache)
         chunked = ctx2.decode(TOKENS, logits="all").numpy()
         exact = set(lm.kernel_summary()) == {"torch-dequant"}
-    # float32 summation order only; kernels that quantize the activations (native: 8 bits per block, as
-    # llama.cpp) turn a last-bit difference of the hidden state into a flipped rounding step (measured up
-    # to 0.04 on the logits), so those get the quantization noise as tolerance and must keep every argmax
-    atol = 2e-5 if exact else 0.1
+    # float32 summation order only (exact kernels, float32 cache). A float16 cache rounds K and V, so a
+    # last-bit difference of a key flips one f16 ulp (2^-11 relative; measured 5e-4 on the logits); kernels
+    # that quantize the activations (native: 8 bits per block, as llama.cpp) turn it into a flipped
+    # rounding step (measured up to 0.04 on the logits): those get that noise as tolerance and must keep
+    # every argmax
+    atol = 0.1 if not exact else (2e-5 if cache == torch.float32 else 2e-3)
     np.testing.assert_allclose(steps, whole, atol=atol, rtol=0)
     np.testing.assert_allclose(chunked, whole, atol=atol, rtol=0)
     assert (steps.argmax(1) == whole.argmax(1)).all() and (chunked.argmax(1) == whole.argmax(1)).all()

@@ -34,13 +34,17 @@ def test_perplexity_within_one_percent_of_llama_cpp(smollm2_gguf) -> None:  # ty
     assert len(re.findall(r"\[\d\]\d+\.\d{4},", r.stdout)) == 8
 
 
-@pytest.mark.parametrize("question,answer", [
-    ("What is the capital of France?", r"\bParis\b"),
-    ("How many days are there in a week?", r"\b(seven|7)\b"),
+# The France question is answered "Paris" only by exact float32 matmuls: llama.cpp itself (llama-cpp-python
+# 0.3.36, greedy, its 8-bit activations) answers "L'Étoile, la Cité, la Nation, ...", and so do llamakit's
+# native kernels for the first tokens; that one runs on the exact reference backend. The week question
+# gets llama.cpp's own answer ("A week is approximately 7 days.") on the default backend.
+@pytest.mark.parametrize("question,answer,backend", [
+    ("What is the capital of France?", r"\bParis\b", "exact"),
+    ("How many days are there in a week?", r"\b(seven|7)\b", "auto"),
 ])
-def test_chat_answer_is_coherent_english(smollm2_gguf, question: str, answer: str) -> None:  # type: ignore[no-untyped-def]
+def test_chat_answer_is_coherent_english(smollm2_gguf, question: str, answer: str, backend: str) -> None:  # type: ignore[no-untyped-def]
     r = CliRunner().invoke(app, ["run", "-m", str(smollm2_gguf), "-p", question, "--temp", "0", "-n", "48",
-                                 "-c", "256"])
+                                 "-c", "256", "--backend", backend])
     assert r.exit_code == 0, r.output
     text = r.stdout.strip()
     assert "<|im_start|>" not in text and "<|im_end|>" not in text  # only the answer, no template

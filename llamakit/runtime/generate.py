@@ -57,6 +57,12 @@ class Perf:
         ]
 
 
+# Physical batch of the fused blocks: every block keeps its own scratch for the largest batch it ran
+# (~23 KB per token on SmolLM2: 30 blocks x 60 tokens = 40 MB resident); 32 tokens keep that at ~20 MB,
+# and the native matmuls already run 32 rows at full speed.
+FUSED_UBATCH = 32
+
+
 class Context:
     """A model with a KV cache of n_seq sequences of n_ctx positions (llama.cpp's llama_context): `decode`
     appends tokens to a sequence and returns logits; `decode_batch` does several sequences in one pass.
@@ -86,9 +92,12 @@ class Context:
         self.rope = {d: rope_tables(self.cfg, n_ctx, None if freq is None else freq.to(d), d)
                      for d in {*lm.placement.blocks}}
         self.threads = Threads(lm, n_threads, n_threads_batch)
-        self.fused = fused_blocks(lm, self.cache, max_tokens=self.n_ubatch) if fused is not False else None
+        self.fused = fused_blocks(lm, self.cache, max_tokens=min(self.n_ubatch, FUSED_UBATCH)) \
+            if fused is not False else None
         if fused and self.fused is None:
             raise InputError("fused blocks need every block weight on the native kernels (CPU, supported types)")
+        # each fused block keeps a scratch sized for the largest batch it saw: cap the physical batch
+        self._ubatch = min(self.n_ubatch, FUSED_UBATCH) if self.fused is not None else self.n_ubatch
 
     # -- positions ---------------------------------------------------------------------------------------
     @property
@@ -150,8 +159,8 @@ class Context:
         ids = torch.tensor(tokens, dtype=torch.long)
         want = None if isinstance(logits, str) else logits.to(torch.long)
         outs = []
-        for b in range(0, n, self.n_ubatch):
-            e = min(n, b + self.n_ubatch)
+        for b in range(0, n, self._ubatch):
+            e = min(n, b + self._ubatch)
             rows: str | torch.Tensor | None
             if want is None:
                 rows = "all" if logits == "all" else ("last" if e == n else None)
