@@ -9,6 +9,9 @@ the runs see different loads; run it on an idle machine for numbers worth quotin
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +21,6 @@ from llamakit.runtime.generate import Context
 from llamakit.runtime.loader import load_model
 from llamakit.runtime.memory import tune_malloc
 from llamakit.runtime.placement import PlacementOptions
-from llamakit.runtime.plan import machine_speeds, model_shape, plan
 
 TINY = Path(__file__).resolve().parents[1].parent / "shared/reference/tiny-llama/llama.cpp/quantize-Q4_0.gguf"
 
@@ -35,23 +37,27 @@ def main() -> None:
     print("| model | test | predicted t/s | measured t/s | error |")
     print("| --- | --- | ---: | ---: | ---: |")
     for path in models:
-        shape = model_shape(path, None)
+        # the prediction in a fresh process, as `llamakit plan` runs: its probe must not follow native
+        # kernel runs in the same process (their pool's waiting threads slow the per-layer probe 10-100x)
         t0 = time.perf_counter()
-        speeds = machine_speeds(shape, cpu_bw=None, gpu_bw=None, probe=True)
-        t_probe = time.perf_counter() - t0
         n_ctx = max(a.p, a.n)
-        pred = plan(shape, n_ctx=n_ctx, speeds=speeds, n_ubatch=min(512, a.p), every=[0]).rows[0].prediction
+        out = subprocess.run([sys.executable, "-c", "import sys; from llamakit.cli import app; sys.argv[0] = 'llamakit'; app()",
+                              "plan", "-m", str(path), "-c", str(n_ctx), "-ub", str(min(512, a.p)), "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        t_probe = time.perf_counter() - t0
+        d = json.loads(out)
+        row = d["rows"][0]
         with load_model(path, options=PlacementOptions(gpu_layers=0), n_ctx=n_ctx) as lm:
             ctx = Context(lm, n_ctx)
             bos = lm.metadata.get("tokenizer.ggml.bos_token_id")
             pp = bench_prompt(ctx, a.p, bos, a.reps).mean
             tg = bench_gen(ctx, a.n, bos, a.reps).mean
-        for test, p, m in ((f"pp{a.p}", pred.pp, pp), (f"tg{a.n}", pred.tg, tg)):
+        for test, p, m in ((f"pp{a.p}", row["pp_tps"], pp), (f"tg{a.n}", row["tg_tps"], tg)):
             print(f"| {path.name} | {test} | {p:.1f} | {m:.1f} | {100 * (p - m) / m:+.0f}% |")
-        cpu = speeds.cpu
-        per = ", ".join(f"{t.name} {v / 1e9:.2f}" for t, v in cpu.by_type.items())
-        print(f"<!-- probe {t_probe:.1f} s: {per} GB/s, {cpu.flops / 1e9:.0f} GFLOP/s, "
-              f"{cpu.layer_overhead * 1e6:.0f} us/layer -->")
+        sp = d["speeds"]
+        per = ", ".join(f"{t} {v:.2f}" for t, v in sp["cpu_by_type_gbs"].items())
+        print(f"<!-- plan + probe {t_probe:.1f} s: {per} GB/s, {sp['cpu_gflops']:.0f} GFLOP/s, "
+              f"{sp['cpu_layer_us']:.0f} us/layer -->")
 
 
 if __name__ == "__main__":

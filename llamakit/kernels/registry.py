@@ -86,7 +86,7 @@ def kernel_for(ggml_type: GGMLType, device_type: str = "cpu", *, backend: str = 
         raise ValueError(f"use must be one of {USES}, not {use!r}")
     ggml_type = GGMLType(ggml_type)
     exact = torch_kernel_for(ggml_type, what=what)  # also the type check: IQ* and unknown types raise here
-    if device_type == "cuda" and backend not in ("torch", "exact"):  # Triton's fused kernels, if installed
+    if device_type == "cuda" and backend not in ("torch", "exact"):  # Triton's fused kernels when installed
         from . import triton_kernels
 
         fused = triton_kernels.lookup(ggml_type, use)

@@ -217,7 +217,8 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "model": p.shape.name, "n_layer": p.shape.n_layer, "n_ctx": p.n_ctx, "auto": p.auto, "auto_note": p.auto_note,
         "speeds": {"cpu_bw_gbs": p.speeds.cpu.bandwidth / 1e9, "gpu_bw_gbs": p.speeds.gpu.bandwidth / 1e9,
                    "cpu_source": p.speeds.cpu.source, "gpu_source": p.speeds.gpu.source,
-                   "cpu_by_type_gbs": {t.name: v / 1e9 for t, v in p.speeds.cpu.by_type.items()}},
+                   "cpu_by_type_gbs": {t.name: v / 1e9 for t, v in p.speeds.cpu.by_type.items()},
+                   "cpu_gflops": p.speeds.cpu.flops / 1e9, "cpu_layer_us": p.speeds.cpu.layer_overhead * 1e6},
         "rows": [{"ngl": r.n, "vram_bytes": list(r.vram), "ram_bytes": r.ram, "fits": r.fits,
                   "tg_tps": r.prediction.tg, "pp_tps": r.prediction.pp} for r in p.rows],
     }

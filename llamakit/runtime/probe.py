@@ -6,7 +6,8 @@ Each probe runs the kernels the engine would run, so what it measures includes t
   flop rate: the same kernel at a prompt batch (512 rows through a 1024-row weight of the blocks' most
       common type): the prompt path as the engine runs it (dequantize + GEMM, or the native int8 path);
   per-layer overhead: one token through a tiny block (n_embd 256) of the model's types, whose weights
-      are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches).
+      are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches). On
+      the CPU with the torch kernels: an approximation of the native fused blocks' (smaller) overhead.
 CUDA timings synchronize before reading the clock. A probe takes well under a second per type on a CPU.
 """
 
@@ -21,6 +22,7 @@ import torch
 from ..gguf.constants import GGML_BLOCK, GGMLType
 from ..model import Batch, Block, LlamaConfig, rope_cos_sin
 from ..kernels.registry import kernel_for
+from ..kernels.torch_kernels import torch_kernel_for
 from ..quants import get_codec
 from .costmodel import DeviceSpeed
 
@@ -32,7 +34,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
+def _time(fn: Callable[[], object], device: torch.device, reps: int = 5, pick: Callable = statistics.median
+          ) -> float:
     fn()  # warmup (and Triton compilation)
     _sync(device)
     times = []
@@ -41,7 +44,7 @@ def _time(fn: Callable[[], object], device: torch.device, reps: int = 5) -> floa
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return float(pick(times))
 
 
 def _kernel(t: GGMLType, device: torch.device):  # type: ignore[no-untyped-def]
@@ -105,7 +108,10 @@ def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
     blk = blk.to(device)
     for mod in blk.modules():
         if hasattr(mod, "set_kernel"):
-            k = _kernel(mod.ggml_type, device)
+            # CPU: the torch kernels. Native kernels called one matmul at a time from a torch block make
+            # torch's and the native pool's threads wait on each other (measured 40 ms per tiny block on
+            # 2 cores, vs ~1 ms); the engine avoids that with whole native blocks (runtime/fused.py).
+            k = _kernel(mod.ggml_type, device) if device.type == "cuda" else torch_kernel_for(mod.ggml_type)
             mod.set_kernel(k, k.prepare(mod.weight))
     kv = (torch.zeros(1, 4, 64, 64, dtype=torch.float16, device=device),
           torch.zeros(1, 4, 64, 64, dtype=torch.float16, device=device))  # (n_seq, n_head_kv, n_ctx, hd)
@@ -114,16 +120,21 @@ def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
     batch = Batch.single(0, 8, 1)
     x = torch.randn(1, 256, device=device)
     with torch.inference_mode():
-        return _time(lambda: blk(x, rot, kv, batch), device, reps=9)
+        # the fastest of 25: other processes only ever add time to a sub-millisecond call
+        return _time(lambda: blk(x, rot, kv, batch), device, reps=25, pick=min)
 
 
 def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: dict[str, GGMLType],
                  n_in: int = 2048) -> DeviceSpeed:
     """Every probe for one device: bandwidth of each type, flop rate, per-layer overhead."""
+    # CPU: F32 weights (a plain F.linear), so the tiny block times only the dispatch of a block's ops.
+    # Measured first: right after the native kernels ran, their pool's waiting threads slowed the torch
+    # ops of the tiny block 10-60x on 2 cores (a quantized tiny block varied 1-500 ms the same way).
+    over = layer_overhead(block_types if device.type == "cuda" else {k: GGMLType.F32 for k in block_types},
+                          device)
     with torch.inference_mode():
         by_type = {t: bandwidth(t, device, n_in) for t in sorted(set(types))}
         main = max(block_types.values(), key=list(block_types.values()).count)  # the blocks' usual type
         flops = flop_rate(main, device, n_in)
-    over = layer_overhead(block_types, device)
     bw = statistics.median(by_type.values()) if by_type else 0.0
     return DeviceSpeed(bandwidth=bw, flops=flops, layer_overhead=over, by_type=by_type, source="probe")
