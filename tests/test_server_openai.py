@@ -14,7 +14,7 @@ from .server_proc import Server, running_server
 
 openai = pytest.importorskip("openai")
 
-QUESTION = "What is the capital of France?"
+QUESTION = "What is the capital of Germany?"
 N = 12  # generated tokens per request: enough to compare text, cheap on a shared CPU
 
 
@@ -59,7 +59,7 @@ def test_chat_equals_the_python_api(client: "openai.OpenAI", chat_reference: dic
     assert r.choices[0].finish_reason == chat_reference["choices"][0]["finish_reason"]
     assert r.usage.prompt_tokens == chat_reference["usage"]["prompt_tokens"]
     assert r.usage.completion_tokens == chat_reference["usage"]["completion_tokens"]
-    assert "Paris" in text  # SmolLM2 knows this one; guards against comparing two empty strings
+    assert "Berlin" in text  # SmolLM2 Q4_1 knows this one (with 8-bit activations it misses France, as llama.cpp does); guards against comparing two empty strings
 
 
 def test_chat_stream_equals_non_stream(client: "openai.OpenAI", chat_reference: dict) -> None:
