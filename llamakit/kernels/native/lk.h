@@ -1,4 +1,4 @@
-/* llamakit native CPU kernels: the C ABI called through ctypes (see ../native.py).
+/* llamakit native CPU kernels: the C ABI called through ctypes (see kernel.py).
  *
  * One source serves every instruction-set variant (build.py compiles it once per variant with that
  * variant's flags; code paths are chosen with __AVX2__, __AVX512F__, __AVX512VNNI__, __AVXVNNI__,
