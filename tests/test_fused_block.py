@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from llamakit.kernels import fused
-from llamakit.kernels.fused import FusedBlock
+from llamakit.kernels.fused import FusedBlock, FusedScratch
 from llamakit.kernels.native import NativeKernel
 from llamakit.kernels.native.build import NativeBuildError, cpu_variants
 from llamakit.model.llama import Batch, rope_cos_sin
@@ -277,11 +277,11 @@ def test_full_model_logits(name: str) -> None:
     refs = [([blk for blk in lm.blk], kv(), (1e-4, 1e-3) if exact else (0.12, 0.4), 16 if exact else 14)]
     if not exact:
         refs.append(([native_torch_block(blk, variant) for blk in lm.blk], kv(), (3e-2, 0.1), 15))
-    blocks = []
+    blocks, shared = [], FusedScratch(variant)  # the 4 blocks share their work buffers
     for blk in lm.blk:
         dims, linears = block_inputs(variant, blk)
         kc = torch.zeros(1, cfg.n_head_kv, n_ctx, cfg.head_dim, dtype=torch.float16)
-        blocks.append(FusedBlock(dims, linears, kc, torch.zeros_like(kc), variant=variant, max_tokens=12))
+        blocks.append(FusedBlock(dims, linears, kc, torch.zeros_like(kc), variant=variant, scratch=shared))
     cos, sin = rope_cos_sin(cfg, torch.arange(n_ctx))
     tokens = torch.tensor([1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889]) % cfg.n_vocab
     start, agree, rows = 0, [0] * len(refs), 0

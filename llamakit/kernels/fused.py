@@ -36,13 +36,16 @@ class _Linear(ctypes.Structure):
                 ("w", _P), ("bias", _P)]
 
 
+class _Scratch(ctypes.Structure):  # lk_scratch
+    _fields_ = [("p", _P), ("bytes", ctypes.c_size_t)]
+
+
 class _Block(ctypes.Structure):  # lk_block, field for field
     _fields_ = ([(n, _I64) for n in ("n_embd", "n_head", "n_head_kv", "head_dim", "n_ff", "n_rot")]
                 + [("eps", ctypes.c_float), ("cache_f16", ctypes.c_int32), ("n_seq", _I64), ("n_ctx", _I64)]
                 + [(f, _Linear) for f in _FIELDS.values()]
                 + [("attn_norm", _P), ("ffn_norm", _P), ("k_cache", _P), ("v_cache", _P), ("min_parallel", _I64), ("timing", _I64),
-                   ("ns_matmul", _I64), ("ns_total", _I64), ("scratch", _P),
-                   ("scratch_bytes", ctypes.c_size_t)])
+                   ("ns_matmul", _I64), ("ns_total", _I64), ("scratch", ctypes.POINTER(_Scratch))])
 
 
 class FusedBlockError(LlamakitError):
@@ -57,8 +60,8 @@ def _library(variant: str | None) -> ctypes.CDLL:
         lib.lk_block_forward.restype = ctypes.c_int
         lib.lk_block_reserve.argtypes = [_P, _I64]
         lib.lk_block_reserve.restype = ctypes.c_int
-        lib.lk_block_release.argtypes = [_P]
-        lib.lk_block_release.restype = None
+        lib.lk_scratch_free.argtypes = [_P]
+        lib.lk_scratch_free.restype = None
         lib._lk_fused_ready = True
     return lib
 
@@ -69,12 +72,30 @@ def _check(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], what: st
                          f"got {t.dtype} {tuple(t.shape)} on {t.device}")
 
 
+class FusedScratch:
+    """The work buffers of FusedBlock calls (grown on demand, freed with this object). The blocks of one
+    model run one after another, so they should share one: FusedBlock(..., scratch=shared)."""
+
+    def __init__(self, variant: str | None = None) -> None:
+        self.lib = _library(variant)
+        self.s = _Scratch()
+
+    def __del__(self) -> None:
+        if getattr(self, "s", None) is not None:
+            self.lib.lk_scratch_free(ctypes.addressof(self.s))
+
+
 class FusedBlock:
     def __init__(self, dims: Mapping[str, Any], linears: Mapping[str, Any], k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, variant: str | None = None, max_tokens: int = 1, min_parallel: int = 0) -> None:
+                 v_cache: torch.Tensor, variant: str | None = None, max_tokens: int = 1, min_parallel: int = 0,
+                 scratch: FusedScratch | None = None) -> None:
         """max_tokens: scratch reserved up front (it grows on demand); min_parallel: elements of work below
-        which a phase stays on the calling thread (0: the library's default; tests use 1)."""
+        which a phase stays on the calling thread (0: the library's default; tests use 1); scratch: work
+        buffers shared with the other blocks of the model (default: this block's own)."""
         self.lib = _library(variant)
+        self.scratch = scratch if scratch is not None else FusedScratch(variant)
+        if self.scratch.lib._handle != self.lib._handle:
+            raise InputError("fused block: the shared scratch belongs to another native variant")
         b = _Block()
         for n in ("n_embd", "n_head", "n_head_kv", "head_dim", "n_ff", "n_rot"):
             setattr(b, n, int(dims[n]))
@@ -120,6 +141,7 @@ class FusedBlock:
         self._keep += [k_cache, v_cache]
         self.k_cache, self.v_cache = k_cache, v_cache
         self.n_embd, self.n_ctx, self.half = b.n_embd, n_ctx, b.n_rot // 2
+        b.scratch = ctypes.pointer(self.scratch.s)
         self._b = b
         self._bp = ctypes.addressof(b)
         self._fwd = self.lib.lk_block_forward
@@ -164,8 +186,3 @@ class FusedBlock:
         if rc == -3:
             raise MemoryError("fused block: no memory for the scratch buffers")
         raise FusedBlockError(f"fused block: the native forward failed with code {rc}")
-
-    def __del__(self) -> None:
-        b = getattr(self, "_b", None)
-        if b is not None:
-            self.lib.lk_block_release(self._bp)

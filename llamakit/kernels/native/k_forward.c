@@ -348,51 +348,45 @@ LK_API void lk_rope(int64_t T, int64_t n_head, int64_t head_dim, int64_t n_rot, 
 /* ---- scratch -------------------------------------------------------------------------------------- */
 
 typedef struct {
-    float *h, *q, *k, *v, *a, *g, *u, *scores; /* scores: n_threads x n_ctx */
-    int64_t T, n_threads;
+    float *h, *q, *k, *v, *a, *g, *u, *scores; /* scores: n_tasks x (n_ctx + head_dim + 16) */
+    int64_t n_threads;
 } scratch_t;
 
 static size_t up64(size_t n) { return (n + 15) & ~(size_t)15; } /* floats, to 64-byte multiples */
 
+/* the buffers of a T-token call with nt attention tasks at most; returns the bytes they take */
 static size_t layout(const lk_block *b, int64_t T, int64_t nt, scratch_t *s, float *base) {
     int64_t nq = b->n_head * b->head_dim, nkv = b->n_head_kv * b->head_dim;
     size_t sizes[8] = {up64(T * b->n_embd), up64(T * nq), up64(T * nkv), up64(T * nkv), up64(T * nq),
                        up64(T * b->n_ff), up64(T * b->n_ff), up64(nt * (b->n_ctx + b->head_dim + 16))};
     float **dst[8] = {&s->h, &s->q, &s->k, &s->v, &s->a, &s->g, &s->u, &s->scores};
-    size_t off = 16; /* the header (T, n_threads) lives in the first 64 bytes */
+    size_t off = 0;
     for (int i = 0; i < 8; i++) {
         if (base) *dst[i] = base + off;
         off += sizes[i];
     }
-    s->T = T;
     s->n_threads = nt;
     return off * sizeof(float);
 }
 
 LK_API int lk_block_reserve(lk_block *b, int64_t T) {
-    int64_t nt = lk_get_threads();
-    if (b->scratch) {
-        const int64_t *hdr = (const int64_t *)b->scratch;
-        if (hdr[0] >= T && hdr[1] >= nt) return LK_OK;
-        T = T > hdr[0] ? T : hdr[0];
-        nt = nt > hdr[1] ? nt : hdr[1];
-    }
     scratch_t s;
-    size_t bytes = layout(b, T, nt, &s, NULL);
+    size_t bytes = layout(b, T, lk_get_threads(), &s, NULL);
+    lk_scratch *sc = b->scratch;
+    if (!sc) return LK_ESHAPE;
+    if (sc->bytes >= bytes) return LK_OK;
     void *p = NULL;
     if (posix_memalign(&p, 64, bytes) != 0) return LK_ENOMEM;
-    free(b->scratch);
-    ((int64_t *)p)[0] = T;
-    ((int64_t *)p)[1] = nt;
-    b->scratch = p;
-    b->scratch_bytes = bytes;
+    free(sc->p);
+    sc->p = p;
+    sc->bytes = bytes;
     return LK_OK;
 }
 
-LK_API void lk_block_release(lk_block *b) {
-    free(b->scratch);
-    b->scratch = NULL;
-    b->scratch_bytes = 0;
+LK_API void lk_scratch_free(lk_scratch *s) {
+    free(s->p);
+    s->p = NULL;
+    s->bytes = 0;
 }
 
 /* ---- the parallel phases -------------------------------------------------------------------------- */
@@ -586,9 +580,8 @@ static int block_forward(lk_block *b, int64_t T, float *x, const int32_t *pos, c
         if (pos[t] < 0 || pos[t] >= b->n_ctx || seq[t] < 0 || seq[t] >= b->n_seq) return LK_ESHAPE;
     int rc = lk_block_reserve(b, T);
     if (rc) return rc;
-    const int64_t *hdr = (const int64_t *)b->scratch;
     job_t j = {.b = b, .T = T, .x = x, .pos = pos, .seq = seq, .cos = cos, .sin = sin};
-    layout(b, hdr[0], hdr[1], &j.s, (float *)b->scratch);
+    layout(b, T, lk_get_threads(), &j.s, (float *)b->scratch->p);
     int64_t nq = b->n_head * b->head_dim;
 
     for_rows(&j, row_norm1, b->n_embd);

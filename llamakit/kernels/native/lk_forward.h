@@ -12,9 +12,10 @@
  * Cache layout (n_seq, n_head_kv, n_ctx, head_dim), float32 (cache_f16 = 0) or IEEE half (cache_f16 = 1,
  * stored with round-to-nearest-even as torch's .to(float16)). cos/sin: float32 (n_ctx, n_rot/2), row = pos.
  *
- * The caller fills every field above `scratch` once; scratch/scratch_bytes start as NULL/0 and belong to
- * the library (lk_block_reserve grows them, lk_block_release frees them): steady-state calls allocate
- * nothing. A block is used by one caller at a time.
+ * The caller fills every field once. `scratch` points at an lk_scratch the caller owns (zeroed at first),
+ * whose buffer the library grows (lk_block_reserve, or the first forward needing more) and frees
+ * (lk_scratch_free): steady-state calls allocate nothing. Blocks that never run at the same time (the
+ * layers of one model) should share one lk_scratch: a 512-token TinyLlama batch needs ~37 MB of it.
  */
 #ifndef LK_FORWARD_H
 #define LK_FORWARD_H
@@ -33,6 +34,11 @@ typedef struct lk_linear {
     const float *bias;   /* (rows,) or NULL */
 } lk_linear;
 
+typedef struct lk_scratch {
+    void *p;
+    size_t bytes;
+} lk_scratch;
+
 typedef struct lk_block {
     int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, n_rot;
     float eps;
@@ -45,15 +51,13 @@ typedef struct lk_block {
                                             thread alone; 0: the default (2^15) */
     int64_t timing;                      /* nonzero: add each call's nanoseconds to the two below */
     int64_t ns_matmul, ns_total;         /* (benchmarks: the share of the 7 lk_matmul calls) */
-    /* owned by the library */
-    void *scratch;
-    size_t scratch_bytes;
+    lk_scratch *scratch;
 } lk_block;
 
-/* Make the scratch hold T tokens with the pool's current thread count (called by lk_block_forward when
+/* Make b->scratch hold T tokens with the pool's current thread count (lk_block_forward does it when
  * needed; call it up front to keep the first forward free of allocation). */
 LK_API int lk_block_reserve(lk_block *b, int64_t T);
-LK_API void lk_block_release(lk_block *b);
+LK_API void lk_scratch_free(lk_scratch *s);
 
 /* x float32 (T, n_embd) updated in place; pos, seq int32 (T,). Returns LK_OK or a negative LK_E* code
  * (LK_ESHAPE for a pos outside [0, n_ctx) or a seq outside [0, n_seq); nothing is written then). */
