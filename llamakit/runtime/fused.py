@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import LlamakitError
-from ..kernels.fused import LINEARS, FusedBlock
+from ..kernels.fused import LINEARS, FusedBlock, FusedScratch
 from ..model.layers import QuantLinear
 from .kv_cache import KVCache
 from .loader import LoadedModel
@@ -40,12 +40,13 @@ def fused_blocks(lm: LoadedModel, cache: KVCache, max_tokens: int = 1) -> list[F
     dims = {"n_embd": cfg.n_embd, "n_head": cfg.n_head, "n_head_kv": cfg.n_head_kv, "head_dim": cfg.head_dim,
             "n_ff": cfg.n_ff, "n_rot": cfg.n_rot, "eps": cfg.norm_eps}
     out: list[FusedBlock | None] = []
+    scratch = FusedScratch(lm.variant)  # the blocks run one after another: one set of work buffers
     for blk, (k, v) in zip(lm.model.blk, cache.layers):
         lin = _linears(blk)
         fb = None
         if lin is not None and k.device.type == "cpu":
             try:
-                fb = FusedBlock(dims, lin, k, v, variant=lm.variant, max_tokens=max_tokens)
+                fb = FusedBlock(dims, lin, k, v, variant=lm.variant, max_tokens=max_tokens, scratch=scratch)
             except LlamakitError:
                 fb = None
         out.append(fb)

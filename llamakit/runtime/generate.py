@@ -57,9 +57,8 @@ class Perf:
         ]
 
 
-# Physical batch of the fused blocks: every block keeps its own scratch for the largest batch it ran
-# (~23 KB per token on SmolLM2: 30 blocks x 60 tokens = 40 MB resident); 32 tokens keep that at ~20 MB,
-# and the native matmuls already run 32 rows at full speed.
+# Physical batch cap of the fused blocks: their one shared scratch is sized for the largest batch run
+# (~23 KB per token on SmolLM2), and the native matmuls already run 32 rows at full speed.
 FUSED_UBATCH = 32
 
 
