@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..gguf.constants import GGMLType
 from ..quants import Codec, get_codec
+from ..quants.layouts import LAYOUTS, BlockLayout
 from ..quants.kquants import unpack_k4_scales
 
 # floats dequantized at a time: 2^20 float32 = 4 MiB (fewer, larger slabs measured faster than 1 MiB ones)
@@ -111,7 +112,8 @@ class Nibble4Kernel(DequantKernel):
         super().__init__(codec, slab_values)
         t = codec.ggml_type
         self.word = torch.int16 if t == GGMLType.Q4_0 else torch.int32
-        self.words = codec.type_size // (2 if self.word == torch.int16 else 4)
+        self.word_bytes = 2 if self.word == torch.int16 else 4
+        self.words = codec.type_size // self.word_bytes
         self.mask = 0x0F0F if self.word == torch.int16 else 0x0F0F0F0F
 
     def _nibbles(self, q: torch.Tensor, staged: bool) -> torch.Tensor:
@@ -136,39 +138,50 @@ class Nibble4Kernel(DequantKernel):
         r = w.shape[0]
         words = w.contiguous().view(self.word).view(-1, self.words)  # one row per block
         n = words.shape[0]
-        t = self.codec.ggml_type
+        t, lay, wb = self.codec.ggml_type, LAYOUTS[self.codec.ggml_type], self.word_bytes
         if t == GGMLType.Q4_0:
-            d = words[:, :1].contiguous().view(torch.float16).float()  # (n, 1)
-            return self._nibbles(words[:, None, 1:], True).view(n, 32).sub_(8).mul_(d).view(r, -1)
-        dm = words[:, :1].contiguous().view(torch.float16).float()  # (n, 2): d, m (or d, dmin)
+            d = words[:, lay["d"].words(wb)].contiguous().view(torch.float16).float()  # (n, 1)
+            return self._nibbles(words[:, None, lay["qs"].words(wb)], True).view(n, 32).sub_(8).mul_(d).view(r, -1)
+        # (n, 2): d, m (Q4_1) or d, dmin (Q4_K), one 32-bit word read as two f16
+        dm = words[:, _span_words(lay, "d", "dmin" if t == GGMLType.Q4_K else "m", wb)].contiguous()
+        dm = dm.view(torch.float16).float()
         if t == GGMLType.Q4_1:
-            return self._nibbles(words[:, None, 1:], True).view(n, 32).mul_(dm[:, :1]).add_(dm[:, 1:]).view(r, -1)
+            q = self._nibbles(words[:, None, lay["qs"].words(wb)], True).view(n, 32)
+            return q.mul_(dm[:, :1]).add_(dm[:, 1:]).view(r, -1)
         # Q4_K: 4 groups of 32 qs bytes -> 8 sub-blocks of 32 weights, each with a 6-bit scale and min
-        sc, m = unpack_k4_scales(words[:, 1:4].contiguous().view(torch.uint8))
+        sc, m = unpack_k4_scales(words[:, lay["scales"].words(wb)].contiguous().view(torch.uint8))
         scale = dm[:, :1] * sc.to(torch.float32)  # (n, 8), exact
         mins = dm[:, 1:] * m.to(torch.float32)
-        q = self._nibbles(words[:, 4:].view(n, 4, 8), False).view(n, 8, 32)
+        q = self._nibbles(words[:, lay["qs"].words(wb)].view(n, 4, 8), False).view(n, 8, 32)
         return q.mul_(scale[:, :, None]).sub_(mins[:, :, None]).view(r, -1)
 
 
+def _span_words(lay: BlockLayout, first: str, last: str, word_bytes: int) -> slice:
+    """Fields `first`..`last` as a slice of `word_bytes`-byte words."""
+    span = lay.span(first, last)
+    return slice(span.start // word_bytes, span.stop // word_bytes)
+
+
 class Q6KKernel(DequantKernel):
-    """Q6_K from 16-bit words (210-byte blocks = 105 int16, bit-identical to the codec, ~1.7x faster):
+    """Q6_K from 16-bit words (210-byte blocks = 105 int16; fields from quants/layouts.py), bit-identical to the
+    codec, ~1.7x faster:
         [ql x 64 words: 128 bytes] [qh x 32 words: 64 bytes] [scales: 16 int8] [d: f16]
     weight e = 128h + 32k + l: low 4 bits = nibble k//2 of ql[64h + 32(k%2) + l], high 2 bits =
     qh[32h + l] >> 2k & 3; x = (q - 32) * (d * scale[e // 16]). Two bytes per word operation."""
 
     def dequant(self, w: torch.Tensor) -> torch.Tensor:
         r = w.shape[0]
-        words = w.contiguous().view(torch.int16).view(-1, 105)
+        lay = LAYOUTS[GGMLType.Q6_K]
+        words = w.contiguous().view(torch.int16).view(-1, lay.type_size // 2)
         n = words.shape[0]
         shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int16, device=w.device).view(1, 1, 4, 1)
-        qlw = words[:, :64].reshape(n, 2, 2, 16)  # [h, k % 2, word]
-        qw = (words[:, 64:96].reshape(n, 2, 1, 16) >> shifts) & 0x0303  # [h, k, word]: high 2 bits
+        qlw = words[:, lay["ql"].words(2)].reshape(n, 2, 2, 16)  # [h, k % 2, word]
+        qw = (words[:, lay["qh"].words(2)].reshape(n, 2, 1, 16) >> shifts) & 0x0303  # [h, k, word]: high 2 bits
         qw <<= 4
         qw[:, :, 0:2] |= qlw & 0x0F0F  # k = 0, 1: low nibbles
         qw[:, :, 2:4] |= (qlw >> 4) & 0x0F0F  # k = 2, 3: high nibbles
-        d = words[:, 104:].contiguous().view(torch.float16).float()  # (n, 1)
-        scale = d * words[:, 96:104].contiguous().view(torch.int8).float()  # (n, 16), exact
+        d = words[:, lay["d"].words(2)].contiguous().view(torch.float16).float()  # (n, 1)
+        scale = d * words[:, lay["scales"].words(2)].contiguous().view(torch.int8).float()  # (n, 16), exact
         y = qw.view(torch.uint8).view(n, 16, 16).float().sub_(32).mul_(scale[:, :, None])
         return y.view(r, -1)
 
