@@ -95,9 +95,6 @@ def info(
             typer.echo(json.dumps({"summary": d, "metadata": metadata_json(r), "tensors": tensors_json(r)}, indent=1))
             return
         con = Console(highlight=False)
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold cyan")
-        grid.add_column()
         v = d["vocab"]
         rows = [
             ("file", f"{d['file']} (GGUF v{d['gguf_version']}, {_human_bytes(d['file_bytes'])})"),
@@ -117,10 +114,7 @@ def info(
             ("size", f"{_human_bytes(d['tensor_bytes'])} in {d['tensor_count']} tensors"
                      + (f", {d['bits_per_weight']:.2f} bits per weight" if d["bits_per_weight"] else "")),
         ]
-        for key, val in rows:
-            if val is not None and "None" not in str(val):
-                grid.add_row(key, str(val))
-        con.print(grid)
+        con.print(_kv_grid((key, val) for key, val in rows if val is not None and "None" not in str(val)))
         if d["tensor_types"]:
             tt = Table(title="tensor types", title_justify="left")
             for col in ("type", "tensors", "size"):
@@ -137,6 +131,18 @@ def info(
             con.print(t)
 
 
+def _kv_grid(rows):  # type: ignore[no-untyped-def]
+    """A two-column key/value grid (info and info --system)."""
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold cyan")
+    grid.add_column()
+    for key, val in rows:
+        grid.add_row(key, str(val))
+    return grid
+
+
 def _system_info(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -148,9 +154,6 @@ def _system_info(as_json: bool) -> None:
         typer.echo(json.dumps(d, indent=1))
         return
     con = Console(highlight=False)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold cyan")
-    grid.add_column()
     nat = d["native"]
     rows = [
         ("cpu", f"{d['cpu']} ({d['machine']})"),
@@ -162,9 +165,7 @@ def _system_info(as_json: bool) -> None:
         ("torch", d["torch"]),
         ("cuda", ", ".join(d["cuda"]["devices"]) if d["cuda"]["available"] else "not available"),
     ]
-    for k, v in rows:
-        grid.add_row(k, str(v))
-    con.print(grid)
+    con.print(_kv_grid(rows))
     t = Table(title=f"kernels (backend {d['backend']})", title_justify="left")
     t.add_column("type")
     t.add_column("kernel")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
 
