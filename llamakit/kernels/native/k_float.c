@@ -45,7 +45,9 @@ LK_INL void float_body(const uint8_t *g, int64_t cols, const uint8_t *xq, size_t
     for (int r = 0; r < nx; r++) a0[r] = a1[r] = vf_zero();
 #define XF(r) ((const float *)(xq + (size_t)(r) * xs))
     int64_t c = 0;
+    const size_t col_bytes = kind == K_F32 ? 64 : 32;
     for (; c + 1 < cols; c += 2) {
+        lk_prefetch_block(g + (size_t)c * col_bytes, 2 * col_bytes);
         const lk_vf w0 = load_col(g, c, kind), w1 = load_col(g, c + 1, kind);
         for (int r = 0; r < nx; r++) {
             a0[r] = vf_fma(w0, vf_set1(XF(r)[c]), a0[r]);

@@ -7,9 +7,11 @@
  *            high nibble = weight 64c + 32 + 4g + i (sub-block 2c+1)
  *   q5_Kx16  | d[16] | dmin[16] | sc[8][16] | m[8][16] | qh[8][64] | qs[4][8][64] |   2880 B = 16 x 180
  *            qh[g][4r+i] = file qh[4g + i]: bit j = bit 4 of weight 32j + 4g + i
- *   q6_Kx16  | d[16] | sc[16][16]: i8 | ql[2][2][8][64] | qh[2][8][64] |            3360 B = 16 x 210
- *            element e = 128h + 32k + 4g + i: low 4 bits = ql[h][k%2][g][4r+i] >> 4(k/2),
- *            high 2 bits = qh[h][g][4r+i] >> 2k & 3 (the file's ql/qh bytes moved); sub-block e/16
+ *   q6_Kx16  | d[16] | sc[16][16]: i8 | q[2][8][3][64] |                             3360 B = 16 x 210
+ *            element e = 128h + 32k + 4g + i: low 4 bits = q[h][g][k%2][4r+i] >> 4(k/2),
+ *            high 2 bits = q[h][g][2][4r+i] >> 2k & 3 (the file's ql/qh bytes moved); sub-block e/16.
+ *            The three 64-byte vectors of one (h, g) lie together in the order the kernel reads them, so
+ *            the weights are one sequential stream (three interleaved ones halved the DRAM bandwidth).
  *
  * Dot product of a super-block with an activation block (d_x, q_x[256], bsums[16]):
  *   Q4_K: d d_x sum_j sc_j (sum q q_x)_j - dmin d_x sum_j m_j (bsums[2j] + bsums[2j+1])
@@ -26,7 +28,7 @@ typedef struct { uint16_t d[16]; uint16_t dmin[16]; uint8_t sc[8][16]; uint8_t m
 typedef struct {
     uint16_t d[16]; uint16_t dmin[16]; uint8_t sc[8][16]; uint8_t m[8][16]; uint8_t qh[8][64]; uint8_t qs[4][8][64];
 } q5_Kx16;
-typedef struct { uint16_t d[16]; int8_t sc[16][16]; uint8_t ql[2][2][8][64]; uint8_t qh[2][8][64]; } q6_Kx16;
+typedef struct { uint16_t d[16]; int8_t sc[16][16]; uint8_t q[2][8][3][64]; } q6_Kx16;
 
 _Static_assert(sizeof(block_q4_K) == 144 && sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210, "ggml sizes");
 _Static_assert(sizeof(q4_Kx16) == 16 * 148 && sizeof(q5_Kx16) == 16 * 180 && sizeof(q6_Kx16) == 16 * 210, "x16");
@@ -77,8 +79,8 @@ static void pack_q6_K(const uint8_t *const src[LK_R], uint8_t *dst) {
         for (int j = 0; j < 16; j++) o->sc[j][r] = b->scales[j];
         for (int h = 0; h < 2; h++)
             for (int g = 0; g < 8; g++) {
-                memcpy(&o->qh[h][g][4 * r], b->qh + 32 * h + 4 * g, 4);
-                for (int k2 = 0; k2 < 2; k2++) memcpy(&o->ql[h][k2][g][4 * r], b->ql + 64 * h + 32 * k2 + 4 * g, 4);
+                for (int k2 = 0; k2 < 2; k2++) memcpy(&o->q[h][g][k2][4 * r], b->ql + 64 * h + 32 * k2 + 4 * g, 4);
+                memcpy(&o->q[h][g][2][4 * r], b->qh + 32 * h + 4 * g, 4);
             }
     }
 }
@@ -113,8 +115,8 @@ static void unpack_q6_K(const uint8_t *p, int lane, float *out) {
     const float d = lk_h2f(b->d[lane]);
     for (int e = 0; e < 256; e++) {
         const int h = e >> 7, k = (e >> 5) & 3, g = (e >> 2) & 7, i = e & 3;
-        const int lo = (b->ql[h][k & 1][g][4 * lane + i] >> (4 * (k >> 1))) & 15;
-        const int hi = (b->qh[h][g][4 * lane + i] >> (2 * k)) & 3;
+        const int lo = (b->q[h][g][k & 1][4 * lane + i] >> (4 * (k >> 1))) & 15;
+        const int hi = (b->q[h][g][2][4 * lane + i] >> (2 * k)) & 3;
         out[e] = (float)((lo | hi << 4) - 32) * (d * (float)b->sc[e >> 4][lane]);
     }
 }
@@ -130,6 +132,7 @@ LK_INL void k4_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t xs,
     const size_t bsz = has_h ? sizeof(q5_Kx16) : sizeof(q4_Kx16);
     for (int64_t b = 0; b < nb; b++) {
         const q4_Kx16 *w = (const q4_Kx16 *)(g0 + (size_t)b * bsz);     /* the common head */
+        lk_prefetch_block(w, bsz);
         const uint8_t(*qs)[8][64] = has_h ? ((const q5_Kx16 *)w)->qs : w->qs;
         const uint8_t(*qh)[64] = has_h ? ((const q5_Kx16 *)w)->qh : NULL;
         lk_vi isum[LK_NX], msum[LK_NX];
@@ -193,16 +196,19 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
     for (int r = 0; r < nx; r++) acc[r] = vf_zero();
     for (int64_t b = 0; b < nb; b++) {
         const q6_Kx16 *w = (const q6_Kx16 *)g0 + b;
+        lk_prefetch_block(w, sizeof *w);
         lk_vi isum[LK_NX];
         for (int r = 0; r < nx; r++) isum[r] = vi_zero();
-        for (int h = 0; h < 2; h++)
-            for (int half = 0; half < 2; half++) {
+        /* every loop below has constant bounds and is unrolled: the accumulators a[k][r] must stay in
+         * registers (indexed by loop counters they went to the stack: 2-4x slower) */
+        LK_UNROLL for (int h = 0; h < 2; h++)
+            LK_UNROLL for (int half = 0; half < 2; half++) {
                 lk_vi a[4][LK_NX]; /* k = 0..3: sub-blocks 8h + 2k + half */
-                for (int k = 0; k < 4; k++)
-                    for (int r = 0; r < nx; r++) a[k][r] = vi_zero();
-                for (int g = 4 * half; g < 4 * half + 4; g++) {
-                    const lk_b64 ql0 = b64_load(w->ql[h][0][g]), ql1 = b64_load(w->ql[h][1][g]);
-                    const lk_b64 qh = b64_load(w->qh[h][g]);
+                LK_UNROLL for (int k = 0; k < 4; k++)
+                    LK_UNROLL for (int r = 0; r < nx; r++) a[k][r] = vi_zero();
+                LK_UNROLL for (int g = 4 * half; g < 4 * half + 4; g++) {
+                    const uint8_t(*v)[64] = w->q[h][g];
+                    const lk_b64 ql0 = b64_load(v[0]), ql1 = b64_load(v[1]), qh = b64_load(v[2]);
                     /* weight k: low nibble | qh bits 2k..2k+1 moved to bits 4-5 (16-bit shifts, then masks) */
                     const lk_b64 q[4] = {
                         b64_lo4_or(ql0, b64_and(b64_shl16(qh, 4), 0x30)),
@@ -210,13 +216,14 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
                         b64_lo4_or(b64_shr16(ql0, 4), b64_and(qh, 0x30)),
                         b64_lo4_or(b64_shr16(ql1, 4), b64_and(b64_shr16(qh, 2), 0x30)),
                     };
-                    for (int k = 0; k < 4; k++)
-                        for (int r = 0; r < nx; r++) a[k][r] = vi_dot(a[k][r], q[k], XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
+                    LK_UNROLL for (int k = 0; k < 4; k++)
+                        LK_UNROLL for (int r = 0; r < nx; r++)
+                            a[k][r] = vi_dot(a[k][r], q[k], XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
                 }
-                for (int k = 0; k < 4; k++) {
+                LK_UNROLL for (int k = 0; k < 4; k++) {
                     const int j = 8 * h + 2 * k + half;
                     const lk_vi sc = vi_i8(w->sc[j]);
-                    for (int r = 0; r < nx; r++)
+                    LK_UNROLL for (int r = 0; r < nx; r++)
                         isum[r] = vi_add(isum[r], vi_mul(vi_sub(a[k][r], vi_set1(32 * XK(r, b)->bsums[j])), sc));
                 }
             }

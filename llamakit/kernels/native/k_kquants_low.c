@@ -91,6 +91,7 @@ LK_INL void low_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t xs
     const size_t bsz = is_q3 ? sizeof(q3_Kx16) : sizeof(q2_Kx16);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = g0 + (size_t)b * bsz;
+        lk_prefetch_block(blk, bsz);
         const q2_Kx16 *w2 = (const q2_Kx16 *)blk;
         const q3_Kx16 *w3 = (const q3_Kx16 *)blk;
         const uint8_t(*qs)[8][64] = is_q3 ? w3->qs : w2->qs;

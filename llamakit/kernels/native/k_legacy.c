@@ -177,6 +177,7 @@ LK_INL void nibble_body(const uint8_t *g, int64_t nb, const uint8_t *xq, size_t 
     const size_t qs_off = bsz - 256, qh_off = bsz - 256 - 64;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = g + (size_t)b * bsz;
+        lk_prefetch_block(blk, bsz);
         lk_vi s[LK_NX];
         lk_vs s4[LK_NX];
         for (int r = 0; r < nx; r++) s[r] = vi_zero(), s4[r] = vs_zero();
@@ -244,6 +245,7 @@ LK_INL void q8_0_body(const uint8_t *g, int64_t nb, const uint8_t *xq, size_t xs
     for (int r = 0; r < nx; r++) acc[r] = vf_zero();
     for (int64_t b = 0; b < nb; b++) {
         const q8_0x16 *w = (const q8_0x16 *)g + b;
+        lk_prefetch_block(w, sizeof *w);
         lk_vi s[LK_NX];
         for (int r = 0; r < nx; r++) s[r] = vi_zero();
         for (int k = 0; k < 8; k++) {

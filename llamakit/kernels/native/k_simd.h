@@ -25,6 +25,15 @@
 #endif
 
 #define LK_INL static inline __attribute__((always_inline))
+/* full unrolling of a constant-bound loop, so arrays of vector registers indexed by its counter stay in registers */
+#define LK_UNROLL _Pragma("GCC unroll 16")
+/* software prefetch of the weight stream, LK_PF_AHEAD bytes ahead of the read (no fault past the end) */
+#define LK_PF_AHEAD 8192
+#define lk_prefetch(p) __builtin_prefetch((const void *)(p), 0, 0)
+/* the block LK_PF_AHEAD bytes ahead of p, one prefetch per 64-byte line (bytes: a constant, so unrolled) */
+LK_INL void lk_prefetch_block(const void *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) lk_prefetch((const uint8_t *)p + LK_PF_AHEAD + o);
+}
 
 static inline int32_t lk_rd32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 
