@@ -199,14 +199,12 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
         lk_prefetch_block(w, sizeof *w);
         lk_vi isum[LK_NX];
         for (int r = 0; r < nx; r++) isum[r] = vi_zero();
-        /* every loop below has constant bounds and is unrolled: the accumulators a[k][r] must stay in
-         * registers (indexed by loop counters they went to the stack: 2-4x slower) */
-        LK_UNROLL for (int h = 0; h < 2; h++)
-            LK_UNROLL for (int half = 0; half < 2; half++) {
+        for (int h = 0; h < 2; h++)
+            for (int half = 0; half < 2; half++) {
                 lk_vi a[4][LK_NX]; /* k = 0..3: sub-blocks 8h + 2k + half */
-                LK_UNROLL for (int k = 0; k < 4; k++)
-                    LK_UNROLL for (int r = 0; r < nx; r++) a[k][r] = vi_zero();
-                LK_UNROLL for (int g = 4 * half; g < 4 * half + 4; g++) {
+                for (int k = 0; k < 4; k++)
+                    for (int r = 0; r < nx; r++) a[k][r] = vi_zero();
+                for (int g = 4 * half; g < 4 * half + 4; g++) {
                     const uint8_t(*v)[64] = w->q[h][g];
                     const lk_b64 ql0 = b64_load(v[0]), ql1 = b64_load(v[1]), qh = b64_load(v[2]);
                     /* weight k: low nibble | qh bits 2k..2k+1 moved to bits 4-5 (16-bit shifts, then masks) */
@@ -216,14 +214,14 @@ LK_INL void q6_K_body(const uint8_t *g0, int64_t nb, const uint8_t *xq, size_t x
                         b64_lo4_or(b64_shr16(ql0, 4), b64_and(qh, 0x30)),
                         b64_lo4_or(b64_shr16(ql1, 4), b64_and(b64_shr16(qh, 2), 0x30)),
                     };
-                    LK_UNROLL for (int k = 0; k < 4; k++)
-                        LK_UNROLL for (int r = 0; r < nx; r++)
+                    for (int k = 0; k < 4; k++)
+                        for (int r = 0; r < nx; r++)
                             a[k][r] = vi_dot(a[k][r], q[k], XK(r, b)->qs + 128 * h + 32 * k + 4 * g);
                 }
-                LK_UNROLL for (int k = 0; k < 4; k++) {
+                for (int k = 0; k < 4; k++) {
                     const int j = 8 * h + 2 * k + half;
                     const lk_vi sc = vi_i8(w->sc[j]);
-                    LK_UNROLL for (int r = 0; r < nx; r++)
+                    for (int r = 0; r < nx; r++)
                         isum[r] = vi_add(isum[r], vi_mul(vi_sub(a[k][r], vi_set1(32 * XK(r, b)->bsums[j])), sc));
                 }
             }

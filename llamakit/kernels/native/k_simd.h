@@ -25,8 +25,6 @@
 #endif
 
 #define LK_INL static inline __attribute__((always_inline))
-/* full unrolling of a constant-bound loop, so arrays of vector registers indexed by its counter stay in registers */
-#define LK_UNROLL _Pragma("GCC unroll 16")
 /* software prefetch of the weight stream, LK_PF_AHEAD bytes ahead of the read (no fault past the end) */
 #define LK_PF_AHEAD 8192
 #define lk_prefetch(p) __builtin_prefetch((const void *)(p), 0, 0)
