@@ -74,3 +74,21 @@ def test_info_broken_file(tmp_path: Path) -> None:
 def test_info_missing_file(tmp_path: Path) -> None:
     res = runner.invoke(app, ["info", str(tmp_path / "nope.gguf")])
     assert res.exit_code == 1 and "no such file" in res.output
+
+
+def test_native_variant_env_forces_a_path() -> None:
+    """LLAMAKIT_NATIVE_VARIANT picks the variant the engine loads (scalar runs on every CPU); an unknown one
+    is refused with a message naming what the CPU runs, and the kernels fall back to torch."""
+    import os
+
+    env = {**os.environ, "LLAMAKIT_NATIVE_VARIANT": "scalar", "PYTHONPATH": str(Path(__file__).parents[1])}
+    code = "from llamakit.kernels.native import native_library as n; print(n().variant())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "scalar"
+    env["LLAMAKIT_NATIVE_VARIANT"] = "neon9000"
+    code = ("from llamakit.kernels.native import native_library as n\nfrom llamakit.kernels.native.build import NativeBuildError\n"
+            "try:\n    n()\nexcept NativeBuildError as e:\n    print('refused:', e)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused: this CPU cannot run the neon9000 native kernels (it runs: ")

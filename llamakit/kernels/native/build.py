@@ -122,9 +122,9 @@ def load(name: str, sources: list[Path], variant: str | None = None,
          extra_flags: Sequence[str] = ()) -> tuple[ctypes.CDLL, str]:
     """The library for `variant` (default: the best this CPU runs); returns (library, variant)."""
     variants = cpu_variants()
-    if variant is None:
-        variant = variants[0]
-    elif variant not in variants:
+    if variant is None:  # LLAMAKIT_NATIVE_VARIANT=avx2 runs a narrower path (benchmarks of what AVX2 users get)
+        variant = os.environ.get("LLAMAKIT_NATIVE_VARIANT") or variants[0]
+    if variant not in variants:
         raise NativeBuildError(f"this CPU cannot run the {variant} native kernels (it runs: {', '.join(variants)})")
     path = build(name, sources, variant, extra_flags)
     try:
