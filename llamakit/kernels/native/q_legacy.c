@@ -101,13 +101,24 @@ void lkq_q5_1(const float *x, uint8_t *y, int64_t n) {
 
 void lkq_q8_0(const float *x, uint8_t *y, int64_t n) {
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 34) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK; ++j) {
-            float a = fabsf(x[j]);
-            amax = a > amax ? a : amax;
+        /* the max of |x| (x finite: any order gives the same value), 16 lanes then their max */
+        float m[16], amax = 0.0f;
+        for (int j = 0; j < 16; ++j) {
+            float a = fabsf(x[j]), b = fabsf(x[j + 16]);
+            m[j] = a > b ? a : b;
         }
+        for (int j = 0; j < 16; ++j) amax = m[j] > amax ? m[j] : amax;
         float d = amax / 127.0f, id = safe_inverse(d);
         lkq_put_f16(y, d);
-        for (int j = 0; j < QK; ++j) y[2 + j] = (uint8_t)lkq_cvt_i32(lkq_roundf(x[j] * id));
+        /* roundf as base.roundf computes it (floor, then +1 from a half up: exact for every float, and inf/NaN
+         * pass through), then lkq_cvt_i32's truncation; written without branches so that it vectorises */
+        int32_t q[QK];
+        for (int j = 0; j < QK; ++j) {
+            float v = x[j] * id, a = fabsf(v), fl = floorf(a);
+            float r = copysignf(fl + ((a - fl) >= 0.5f ? 1.0f : 0.0f), v);
+            int ok = r >= -2147483648.0f && r < 2147483648.0f;
+            q[j] = ok ? (int32_t)(ok ? r : 0.0f) : INT32_MIN;
+        }
+        for (int j = 0; j < QK; ++j) y[2 + j] = (uint8_t)q[j];
     }
 }
