@@ -248,7 +248,8 @@ static void iq4_nl_lanes(const float *x, uint8_t *y) {
             idx[h] = grid_index(_mm512_mul_ps(inv, _mm512_loadu_ps(x + QK * b + 16 * h)), &B, base0, base1);
         uint8_t *yb = y + 18 * b;
         lkq_put_f16(yb, d[b]);
-        _mm_storeu_si128((__m128i *)(yb + 2), _mm512_cvtepi32_epi8(_mm512_or_si512(idx[0], _mm512_slli_epi32(idx[1], 4))));
+        __m512i packed = _mm512_or_si512(idx[0], _mm512_slli_epi32(idx[1], 4)); /* weight j | weight j+16 << 4 */
+        _mm_storeu_si128((__m128i *)(yb + 2), _mm512_cvtepi32_epi8(packed));
     }
 }
 
