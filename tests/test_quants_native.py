@@ -63,8 +63,11 @@ def _edge_rows(width: int) -> dict[str, np.ndarray]:
     grid = (np.round(rng.standard_normal((3, width)) * 6) / 4).astype(np.float32)  # exact halves: rounding ties
     flat = np.full((2, width), -0.25, np.float32)
     flat[1] = 3.0
+    # |x| >= 2^64 (F32/BF16 only): x*x overflows, sums and scales are inf/NaN; C never picks a NaN as the max
+    overflow = (rng.standard_normal((3, width)) * np.array([[1e13], [1e20], [1e36]])).astype(np.float32)
+    overflow[0, 1::2] *= 1e-12  # big and small weights in one block
     return {"random": base, "zeros": zeros, "outlier": outlier, "tie": tie, "subnormal": subnormal, "tiny": tiny,
-            "huge": huge, "grid": grid, "flat": flat}
+            "huge": huge, "grid": grid, "flat": flat, "overflow": overflow}
 
 
 def test_variants() -> None:
@@ -97,6 +100,48 @@ def test_odd_super_block_count(t: GGMLType) -> None:
     rng = np.random.default_rng(3)
     for n_blocks in (1, 3, 17):
         _same(t, (rng.standard_normal((1, blk * n_blocks)) * 0.03).astype(np.float32))
+
+
+def test_iq4_nl_grid_equals_the_bisection() -> None:
+    """IQ4_NL's level (ggml's best_index_int8: the nearest grid value, ties up) as the native search and final
+    levels compute it (the AVX-512 path through a bucket table), against the literal bisection of the torch codec:
+    every float within 40 ulps of each midpoint (k[i] + k[i+1])/2 and of each AVX-512 bucket edge
+    (k - 11.8)/0.0875, a sweep in steps of 1/64, the ends, huge values, signed zeros, subnormals, NaN (level 15)."""
+    from llamakit.quants.iq4nl import KVALUES, best_index
+
+    mids = [(a + b) / 2 for a, b in zip(KVALUES, KVALUES[1:])]
+    edges = [(k - np.float32(11.8)) / np.float32(0.0875) for k in range(33)]
+    around = []
+    for c in np.float32(mids + edges + [0.0, -127.0, 113.0, 127.0, -134.0, 134.0]):
+        up, down = [c], [c]
+        for _ in range(40):
+            up.append(np.nextafter(up[-1], np.float32(np.inf)))
+            down.append(np.nextafter(down[-1], np.float32(-np.inf)))
+        around += up + down
+    v = np.concatenate([np.float32(around), np.arange(-140 * 64, 140 * 64, dtype=np.float32) / 64,
+                        np.float32([-0.0, 1e-45, -1e-45, 1e-39, -1e30, 1e30, -np.inf, np.inf, np.nan])])
+    grid = torch.tensor(KVALUES, dtype=torch.float32)
+    finite = np.isfinite(v)
+    want = np.full(v.size, 15, np.int64)  # NaN: 15, as C's bisection (best_index's searchsorted orders NaN last)
+    want[finite | np.isinf(v)] = best_index(torch.from_numpy(v[finite | np.isinf(v)]), grid).numpy()
+    search = np.abs(v) < 134.001
+    for variant in VARIANTS:
+        level, value = load_quantizer(variant).iq4_nl_levels(v)
+        bad = np.nonzero(level != want)[0]
+        assert bad.size == 0, f"{variant}: level of {v[bad[:5]].tolist()} is {level[bad[:5]].tolist()}"
+        bad = np.nonzero(search & (value != np.float32(KVALUES)[want]))[0]
+        assert bad.size == 0, f"{variant}: grid value of {v[bad[:5]].tolist()} is {value[bad[:5]].tolist()}"
+
+
+def test_iq4_nl_overflowing_block_is_ggml_s() -> None:
+    """x*x = inf: every candidate's sums are NaN, so d is NaN (f16 0xfe00) and, as in ggml's best_index_int8
+    (whose compares are all false for a NaN), every level is 15 (bytes checked against ggml_quantize_chunk of
+    llama.cpp's libggml-base)."""
+    x = np.full((1, 32), 1e20, np.float32)
+    x[0, 1], x[0, 5] = -3e20, 0.0
+    want = np.array([[0x00, 0xFE] + [0xFF] * 16], np.uint8)
+    assert np.array_equal(_ref(GGMLType.IQ4_NL, x), want)
+    _same(GGMLType.IQ4_NL, x)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -42,6 +42,9 @@ class NativeQuantizer:
         self._fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         lib.lkq_supports.restype = ctypes.c_int
         self._types = frozenset(t for t in TYPES if lib.lkq_supports(int(t)))
+        self._iq4_levels = lib.lkq_iq4_nl_levels
+        self._iq4_levels.restype = None
+        self._iq4_levels.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
 
     def supports(self, dst: GGMLType, src: GGMLType = GGMLType.F32) -> bool:
         return dst in self._types and src in SOURCES
@@ -61,6 +64,14 @@ class NativeQuantizer:
         if r < -1:
             raise ValueError(f"lkq_quantize refused {src_type.name} -> {dst.name} ({n} weights)")
         return int(r)
+
+    def iq4_nl_levels(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """IQ4_NL's grid on its own (for the tests): best_index_int8 of each float32 v as the final levels compute
+        it, and the grid value as the scale search computes it (meaningful for |v| < 134 only)."""
+        v = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+        level, value = np.empty(v.size, np.int32), np.empty(v.size, np.float32)
+        self._iq4_levels(v.ctypes.data, level.ctypes.data, value.ctypes.data, v.size)
+        return level, value
 
     def quantize_f32(self, dst: GGMLType, x: np.ndarray) -> np.ndarray:
         """float32 (..., n) -> uint8 (..., n // block_size * type_size), like Codec.quantize."""

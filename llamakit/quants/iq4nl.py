@@ -50,8 +50,10 @@ def _level_table(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def nearest_level(v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """table[best_index_int8(v)] for float32 v (any shape), via floor(2v)."""
-    t = (v * 2.0).floor_().clamp_(-_HALF_RANGE, _HALF_RANGE).add_(_HALF_RANGE).to(torch.int32)
+    """table[best_index_int8(v)] for float32 v (any shape), via floor(2v). A NaN v (the final levels of a block
+    whose x*x overflows, |x| >= 2^64, so that d is NaN) is the top level, as C's bisection (every compare false)."""
+    t = (v * 2.0).floor_().nan_to_num_(nan=_HALF_RANGE).clamp_(-_HALF_RANGE, _HALF_RANGE).add_(_HALF_RANGE)
+    t = t.to(torch.int32)
     return table.index_select(0, t.reshape(-1)).reshape(v.shape)
 
 

@@ -52,10 +52,11 @@ def seq_sum(t: torch.Tensor, first: bool = False) -> torch.Tensor:
 
 def signed_absmax_cols(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, B) -> (max, amax), (B,) each: C's `if (ax > amax) { amax = ax; max = x[i]; }` from 0, i.e. the first
-    element of largest magnitude (and +0 for an all-zero column)."""
-    ax = x.abs()
+    element of largest magnitude (and +0 for an all-zero column). A NaN never wins (`NaN > amax` is false; the
+    scales of a block whose x*x overflows are NaN), where torch's argmax would pick it: it counts as -1."""
+    ax = x.abs().nan_to_num_(nan=-1.0, posinf=float("inf"))
     idx = ax.argmax(dim=0, keepdim=True)
-    amax = ax.gather(0, idx)[0]
+    amax = ax.gather(0, idx)[0].clamp_(min=0.0)
     mx = x.gather(0, idx)[0]
     return torch.where(amax > 0, mx, torch.zeros_like(mx)), amax
 

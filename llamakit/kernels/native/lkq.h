@@ -25,6 +25,9 @@
 LKQ_API int64_t lkq_quantize(int dst_type, int src_type, const void *src, void *dst, int64_t n);
 /* 1 when lkq_quantize handles dst_type, else 0 */
 LKQ_API int lkq_supports(int dst_type);
+/* for the tests: IQ4_NL's grid search on its own. level[i] = best_index_int8(v[i]) as the final levels compute it
+ * (any v; NaN -> 15), value[i] = KVALUES[level] as the scale search computes it (for |v| < 134 only) */
+LKQ_API void lkq_iq4_nl_levels(const float *v, int32_t *level, float *value, int64_t n);
 
 #define LKQ_GROUP_MAX_EPS 1e-15f
 
