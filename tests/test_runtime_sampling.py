@@ -112,3 +112,18 @@ def test_random_seed_is_drawn_and_reported() -> None:
     a, b = Sampler(SamplingParams(), 4), Sampler(SamplingParams(), 4)
     assert 0 <= a.seed < 2**32 and a.seed != b.seed
     assert Sampler(SamplingParams(seed=42), 4).seed == 42
+
+
+def test_greedy_is_the_first_candidate_after_bias_and_penalties_and_leaves_the_logits_alone() -> None:
+    lg = torch.randn(50000, generator=torch.Generator().manual_seed(5))  # above torch's parallel grain size
+    before = lg.clone()
+    top = lg.topk(3).indices.tolist()
+    params = SamplingParams(temp=0.0, repeat_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.25)
+    s = Sampler(params, 50000, logit_bias={top[1]: -100.0, 7: 0.25})
+    s.accept(top[0])  # the best token is penalized, the second banned
+    greedy = s.sample(lg)
+    ref = SamplingParams(**{**params.__dict__, "temp": 1.0})
+    r = Sampler(ref, 50000, logit_bias={top[1]: -100.0, 7: 0.25})
+    r.accept(top[0])
+    assert greedy == int(r.candidates(lg)[1][0])
+    assert torch.equal(lg, before)

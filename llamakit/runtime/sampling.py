@@ -6,6 +6,13 @@ with llama-cli's defaults (common.h): temp 0.8, top-k 40, top-p 0.95, min-p 0.05
 last 64 tokens, presence/frequency penalty 0. temp <= 0 keeps only the most likely token (greedy). The
 random draw uses an explicit torch.Generator seeded from `seed`, so the same seed gives the same tokens
 (llama.cpp's mt19937 stream is not reproduced: same seed, different text than llama.cpp).
+
+Cost: a token is sampled on the thread that decodes (or, in the server, on a slot's thread while the other
+slots sample too), so the chain avoids torch's intra-op parallel kernels: a full-vocab `clone()` above torch's
+grain size (32768 elements, e.g. SmolLM2's 49152) wakes the OpenMP team, which on a machine whose cores are busy
+(the native kernels' pool, other slots) waits milliseconds for a core. The logits are copied with numpy (one
+memcpy) and only when bias or penalties modify them; greedy sampling is one numpy argmax (the first maximum,
+as torch.argmax), not a top-k.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: draw a random seed
@@ -73,14 +81,28 @@ class Sampler:
         logits[ids] = lg
         return logits
 
+    def _modifies(self) -> bool:
+        """True when bias or penalties change the logits (then they are applied to a copy)."""
+        p = self.params
+        return self._bias is not None or bool(
+            p.repeat_last_n != 0 and self.prev
+            and (p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0))
+
+    def _prepared(self, logits: torch.Tensor) -> torch.Tensor:
+        """float32 CPU (n_vocab,) after bias and penalties; the caller's tensor is never modified."""
+        logits = logits.detach().to("cpu", torch.float32)
+        if not self._modifies():
+            return logits
+        logits = torch.from_numpy(logits.numpy().copy())  # a serial memcpy (see the module docstring)
+        if self._bias is not None:
+            logits[self._bias_ids] += self._bias
+        return self.apply_penalties(logits)
+
     def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float (n_vocab,) -> the surviving (logits, ids) after bias, penalties, top-k, top-p and min-p,
         sorted by logit, descending (as llama.cpp's array is once top-k has run)."""
         p = self.params
-        logits = logits.detach().to("cpu", torch.float32).clone()
-        if self._bias is not None:
-            logits[self._bias_ids] += self._bias
-        logits = self.apply_penalties(logits)
+        logits = self._prepared(logits)
         n = logits.shape[0]
         k = n if p.top_k <= 0 else min(p.top_k, n)
         vals, ids = torch.topk(logits, k, sorted=True)
@@ -98,8 +120,10 @@ class Sampler:
         return vals, ids
 
     def sample(self, logits: torch.Tensor) -> int:
-        vals, ids = self.candidates(logits)
         if self.params.temp <= 0.0:
-            return int(ids[0])  # the temp sampler keeps only the max; dist then picks it
+            # the temp sampler keeps only the max, which top-k / top-p / min-p always keep: the argmax of the
+            # biased and penalized logits (numpy's: serial, the first maximum)
+            return int(np.argmax(self._prepared(logits).numpy()))
+        vals, ids = self.candidates(logits)
         probs = torch.softmax(vals / self.params.temp, 0)
         return int(ids[torch.multinomial(probs, 1, generator=self.generator)])
