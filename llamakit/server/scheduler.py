@@ -13,6 +13,10 @@ ONE `ctx.decode_batch(items)` call for all of them and gives each slot its logit
     a finished or cancelled one leaves at once.
 Jobs beyond the free slots wait in a bounded queue; `submit` raises QueueFull beyond it (the app's 503).
 
+Wake-ups: one lock, two conditions: `_cv` wakes slot threads waiting for a job, `_wake` the scheduler thread,
+and each hand-in gets its own `_Box` (an Event): a step wakes each slot once and the scheduler once per hand-in,
+not every waiting thread on every change (each needless wake-up is a GIL round trip on the step's critical path).
+
 Events go to the job's `sink` (called on the slot's thread; the app forwards them to its event loop):
     Token(text, token, logprob)   per generated token (text may be ""); token -1: text held back until the end
     Done(finish_reason, ...)      last event; finish_reason "stop", "length" or "cancelled"
@@ -104,6 +108,20 @@ class Metrics:
     max_batch: int = 0  # most sequences in one decode_batch call
 
 
+class _Box:
+    """One hand-in's result: the logits, or the exception to raise in the slot."""
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: Any = None
+
+    def put(self, value: Any) -> None:
+        self.value = value
+        self.event.set()
+
+
 class SeqView:
     """Sequence `seq` of the shared Context, as the one-sequence Context a Completer expects."""
 
@@ -151,8 +169,10 @@ class Scheduler:
         self.metrics = Metrics()
         self._waiting: deque[Job] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
-        self._pending: dict[int, tuple[list[int], list]] = {}  # seq -> (tokens, [logits] once decoded)
-        self._cv = threading.Condition()
+        self._pending: dict[int, tuple[list[int], _Box]] = {}  # seq -> (tokens, where its logits go)
+        self._lock = threading.RLock()  # as Condition()'s own: a sink called under it may call back
+        self._cv = threading.Condition(self._lock)  # slot threads waiting for a job
+        self._wake = threading.Condition(self._lock)  # the scheduler thread
         self._stopping = False
         self.slots = [_Slot(self, i, backend.tok) for i in range(n_slots)]
         for s in self.slots:
@@ -174,7 +194,7 @@ class Scheduler:
                 raise QueueFull(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests wait")
             self.metrics.requests += 1
             self._waiting.append(job)
-            self._cv.notify_all()
+            self._wake.notify()
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the scheduler thread between two steps (the model is not shared across threads)."""
@@ -184,7 +204,7 @@ class Scheduler:
                 fut.set_exception(QueueFull("the server is shutting down"))
                 return fut
             self._calls.append((fn, fut))
-            self._cv.notify_all()
+            self._wake.notify()
         return fut
 
     def queue_depth(self) -> int:
@@ -204,6 +224,7 @@ class Scheduler:
                 if s.job is not None:
                     s.job.cancel()
             self._cv.notify_all()
+            self._wake.notify()
         self._thread.join(timeout)
         for s in self.slots:
             s.thread.join(timeout)
@@ -211,18 +232,17 @@ class Scheduler:
     # ------------------------------------------------------------------ slot threads
     def _batched(self, seq: int, tokens: list[int]) -> Any:
         """A slot's decode: queue the tokens for the next decode_batch and wait for their logits."""
-        box: list = []
-        with self._cv:
+        box = _Box()
+        with self._lock:
             job = self.slots[seq].job
             if self._stopping or job is None or job.cancelled.is_set():
                 raise Cancelled()
             self._pending[seq] = (tokens, box)
-            self._cv.notify_all()
-            while not box:
-                self._cv.wait()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
+            self._wake.notify()
+        box.event.wait()
+        if isinstance(box.value, BaseException):
+            raise box.value
+        return box.value
 
     def _slot_main(self, slot: _Slot) -> None:
         while True:
@@ -239,10 +259,10 @@ class Scheduler:
             except Exception as e:  # reported to this request; the slot stays usable
                 bad = isinstance(e, LlamakitError)
                 final = Failed(str(e) if bad else f"generation failed: {e!r}", 400 if bad else 500)
-            with self._cv:  # the slot is free before the client hears that its request ended
+            with self._lock:  # the slot is free before the client hears that its request ended
                 slot.job = None
                 slot.last_used = time.monotonic()
-                self._cv.notify_all()
+                self._wake.notify()  # a step may be waiting for this slot's tokens; a queued job may take it
             job.sink(final)
 
     def _run(self, slot: _Slot, job: Job) -> Done:
@@ -284,14 +304,13 @@ class Scheduler:
     # ------------------------------------------------------------------ the scheduler thread
     def _loop(self) -> None:
         while True:
-            with self._cv:
+            with self._lock:
                 deadline = None
                 while True:
                     if self._stopping:
                         for _, box in self._pending.values():
-                            box.append(Cancelled())
+                            box.put(Cancelled())
                         self._pending.clear()
-                        self._cv.notify_all()
                         return
                     self._admit()
                     busy = {s.seq for s in self.slots if s.job is not None}
@@ -301,7 +320,7 @@ class Scheduler:
                         break
                     if self._pending and deadline is None:
                         deadline = time.monotonic() + 0.5
-                    self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1e-3)
+                    self._wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1e-3)
                 calls = list(self._calls)
                 self._calls.clear()
                 items = self._pick()
@@ -329,7 +348,7 @@ class Scheduler:
             best.job = job
             self._cv.notify_all()
 
-    def _pick(self) -> list[tuple[int, list[int], list]]:
+    def _pick(self) -> list[tuple[int, list[int], _Box]]:
         """Under the lock: this step's items, single tokens first, then prompt chunks within the budget."""
         order = sorted(self._pending.items(), key=lambda kv: len(kv[1][0]))
         items, n = [], 0
@@ -342,7 +361,7 @@ class Scheduler:
             del self._pending[seq]
         return items
 
-    def _decode(self, items: list[tuple[int, list[int], list]]) -> None:
+    def _decode(self, items: list[tuple[int, list[int], _Box]]) -> None:
         t0 = time.perf_counter()
         try:
             logits: Sequence[Any] = self.ctx.decode_batch([(seq, toks) for seq, toks, _ in items])
@@ -353,7 +372,5 @@ class Scheduler:
         m.forward_passes += 1
         m.batched_tokens += sum(len(t) for _, t, _ in items)
         m.max_batch = max(m.max_batch, len(items))
-        with self._cv:
-            for (_, _, box), lg in zip(items, logits):
-                box.append(lg)
-            self._cv.notify_all()
+        for (_, _, box), lg in zip(items, logits):
+            box.put(lg)
