@@ -11,8 +11,9 @@ Cost: a token is sampled on the thread that decodes (or, in the server, on a slo
 slots sample too), so the chain avoids torch's intra-op parallel kernels: a full-vocab `clone()` above torch's
 grain size (32768 elements, e.g. SmolLM2's 49152) wakes the OpenMP team, which on a machine whose cores are busy
 (the native kernels' pool, other slots) waits milliseconds for a core. The logits are copied with numpy (one
-memcpy) and only when bias or penalties modify them; greedy sampling is one numpy argmax (the first maximum,
-as torch.argmax), not a top-k.
+memcpy, into a buffer the sampler keeps: a fresh 200 KB array is a fresh mapping, page faults included) and only
+when bias or penalties modify them; greedy sampling is one numpy argmax (the first maximum, as torch.argmax), not
+a top-k.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Sampler:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(self.seed)
         self.prev: deque[int] = deque(maxlen=params.repeat_last_n)  # the penalty window
         self._bias = None
+        self._scratch: np.ndarray | None = None  # the modified copy of the logits, reused from token to token
         if logit_bias:
             self._bias_ids = torch.tensor(list(logit_bias), dtype=torch.long)
             self._bias = torch.tensor(list(logit_bias.values()), dtype=torch.float32)
@@ -93,7 +95,10 @@ class Sampler:
         logits = logits.detach().to("cpu", torch.float32)
         if not self._modifies():
             return logits
-        logits = torch.from_numpy(logits.numpy().copy())  # a serial memcpy (see the module docstring)
+        if self._scratch is None or self._scratch.shape != logits.shape:
+            self._scratch = np.empty(logits.shape, np.float32)
+        np.copyto(self._scratch, logits.numpy())  # a serial memcpy (see the module docstring)
+        logits = torch.from_numpy(self._scratch)  # valid until the next call: candidates() returns new tensors
         if self._bias is not None:
             logits[self._bias_ids] += self._bias
         return self.apply_penalties(logits)
