@@ -16,7 +16,8 @@ No thread per slot: between two forward passes the only work is each slot's samp
 threads (each a GIL round trip on the step's critical path).
 Jobs beyond the free slots wait in a bounded queue; `submit` raises QueueFull beyond it (the app's 503).
 
-Events go to the job's `sink` (called on the scheduler thread; the app forwards them to its event loop):
+Events go to the job's `sink` (called on the scheduler thread; the app queues them and forwards them to its event
+loop when `on_step` is called, once per step, so the loop is woken once for all the step's tokens):
     Token(text, token, logprob)   per generated token (text may be ""); token -1: text held back until the end
     Done(finish_reason, ...)      last event; finish_reason "stop", "length" or "cancelled"
     Failed(message)               last event instead of Done, when the request failed
@@ -155,6 +156,8 @@ class Scheduler:
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._cv = threading.Condition()  # wakes the scheduler thread: a job, a call, a stop
         self._stopping = False
+        # called on the scheduler thread after each step, once that step's events went to their sinks
+        self.on_step: Optional[Callable[[], None]] = None
         self.slots = [_Slot(self.ctx, i, backend.tok) for i in range(n_slots)]
         self._thread = threading.Thread(target=self._loop, name="llamakit-scheduler", daemon=True)
         self._thread.start()
@@ -203,6 +206,7 @@ class Scheduler:
                 if s.job is not None:
                     s.job.cancel()
             self._cv.notify_all()
+        self._stepped()
         self._thread.join(timeout)
 
     # ------------------------------------------------------------------ the scheduler thread
@@ -227,10 +231,20 @@ class Scheduler:
                 if slot.job is not None and (stopping or slot.job.cancelled.is_set()):
                     self._finish(slot, cancelled=True)
             if stopping:
+                self._stepped()
                 return
             items = self._pick()
             if items:
                 self._decode(items)
+            self._stepped()
+
+    def _stepped(self) -> None:
+        hook = self.on_step
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # the app's hook must not stop the scheduler
+                pass
 
     def _admit(self) -> list[_Slot]:
         """Under the lock: drop cancelled waiting jobs, put waiting jobs into free slots (returned)."""
