@@ -66,6 +66,7 @@ class Sampler:
         if logit_bias:
             self._bias_ids = torch.tensor(list(logit_bias), dtype=torch.long)
             self._bias = torch.tensor(list(logit_bias.values()), dtype=torch.float32)
+            self._bias_ids_np, self._bias_np = self._bias_ids.numpy(), self._bias.numpy()
 
     def accept(self, token: int) -> None:
         self.prev.append(int(token))
@@ -100,29 +101,32 @@ class Sampler:
         np.copyto(self._scratch, logits.numpy())  # a serial memcpy (see the module docstring)
         logits = torch.from_numpy(self._scratch)  # valid until the next call: candidates() returns new tensors
         if self._bias is not None:
-            logits[self._bias_ids] += self._bias
+            self._scratch[self._bias_ids_np] += self._bias_np  # float32 adds, as torch's; no GIL release
         return self.apply_penalties(logits)
 
     def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float (n_vocab,) -> the surviving (logits, ids) after bias, penalties, top-k, top-p and min-p,
-        sorted by logit, descending (as llama.cpp's array is once top-k has run)."""
+        sorted by logit, descending (as llama.cpp's array is once top-k has run).
+
+        top-p and min-p only pick how many of the sorted top-k survive: the float32 softmax and cumsum are
+        torch's, the comparisons are done in numpy on the same float32 values (a float32 threshold, as torch
+        casts a Python scalar), so the cut is the one the tensor expressions would give, for fewer torch ops."""
         p = self.params
         logits = self._prepared(logits)
         n = logits.shape[0]
         k = n if p.top_k <= 0 else min(p.top_k, n)
         vals, ids = torch.topk(logits, k, sorted=True)
+        keep = k
         if p.top_p < 1.0:
-            probs = torch.softmax(vals, 0)
-            cum = torch.cumsum(probs, 0)
-            ok = (cum >= p.top_p) & (torch.arange(1, k + 1) >= p.min_keep)
-            if ok.any():
-                keep = int(ok.nonzero()[0]) + 1
-                vals, ids = vals[:keep], ids[:keep]
+            cum = torch.cumsum(torch.softmax(vals, 0), 0).numpy()  # non-decreasing: the first hit is the cut
+            hits = np.flatnonzero(cum >= np.float32(p.top_p))
+            if hits.size and max(int(hits[0]), p.min_keep - 1) < k:
+                keep = max(int(hits[0]), p.min_keep - 1) + 1
         if p.min_p > 0.0:
-            threshold = vals[0] + math.log(p.min_p)
-            keep = max(int((vals >= threshold).sum()), p.min_keep, 1)
-            vals, ids = vals[:keep], ids[:keep]
-        return vals, ids
+            v = vals.numpy()[:keep]
+            threshold = v[0] + np.float32(math.log(p.min_p))  # float32 + float32, as the tensor add
+            keep = min(keep, max(int(np.count_nonzero(v >= threshold)), p.min_keep, 1))
+        return vals[:keep], ids[:keep]
 
     def sample(self, logits: torch.Tensor) -> int:
         if self.params.temp <= 0.0:
