@@ -112,3 +112,68 @@ def test_random_seed_is_drawn_and_reported() -> None:
     a, b = Sampler(SamplingParams(), 4), Sampler(SamplingParams(), 4)
     assert 0 <= a.seed < 2**32 and a.seed != b.seed
     assert Sampler(SamplingParams(seed=42), 4).seed == 42
+
+
+def test_greedy_is_the_first_candidate_after_bias_and_penalties_and_leaves_the_logits_alone() -> None:
+    lg = torch.randn(50000, generator=torch.Generator().manual_seed(5))  # above torch's parallel grain size
+    before = lg.clone()
+    top = lg.topk(3).indices.tolist()
+    params = SamplingParams(temp=0.0, repeat_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.25)
+    s = Sampler(params, 50000, logit_bias={top[1]: -100.0, 7: 0.25})
+    s.accept(top[0])  # the best token is penalized, the second banned
+    greedy = s.sample(lg)
+    ref = SamplingParams(**{**params.__dict__, "temp": 1.0})
+    r = Sampler(ref, 50000, logit_bias={top[1]: -100.0, 7: 0.25})
+    r.accept(top[0])
+    assert greedy == int(r.candidates(lg)[1][0])
+    assert torch.equal(lg, before)
+
+
+def _reference_candidates(s: Sampler, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chain as plain tensor expressions (what Sampler.candidates computes with fewer ops)."""
+    p = s.params
+    lg = logits.clone()
+    if s._bias is not None:
+        lg[s._bias_ids] += s._bias
+    lg = s.apply_penalties(lg)
+    k = lg.shape[0] if p.top_k <= 0 else min(p.top_k, lg.shape[0])
+    vals, ids = torch.topk(lg, k, sorted=True)
+    if p.top_p < 1.0:
+        cum = torch.cumsum(torch.softmax(vals, 0), 0)
+        ok = (cum >= p.top_p) & (torch.arange(1, k + 1) >= p.min_keep)
+        if ok.any():
+            keep = int(ok.nonzero()[0]) + 1
+            vals, ids = vals[:keep], ids[:keep]
+    if p.min_p > 0.0:
+        threshold = vals[0] + math.log(p.min_p)
+        keep = max(int((vals >= threshold).sum()), p.min_keep, 1)
+        vals, ids = vals[:keep], ids[:keep]
+    return vals, ids
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_equal_the_tensor_expressions(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for trial in range(40):
+        n = int(torch.randint(2, 300, (1,), generator=g))
+        lg = torch.randn(n, generator=g) * float(torch.rand(1, generator=g) * 8)
+        if trial % 5 == 0:
+            lg = lg.round()  # ties
+        params = SamplingParams(
+            temp=1.0, top_k=int(torch.randint(0, 60, (1,), generator=g)),
+            top_p=[1.0, 0.95, 0.5, 0.1, 0.999999][trial % 5], min_p=[0.0, 0.05, 0.3, 0.9][trial % 4],
+            min_keep=[0, 0, 3, 500][trial % 4], repeat_penalty=1.3 if trial % 3 == 0 else 1.0, seed=1)
+        s = Sampler(params, n, logit_bias={0: 2.0, n - 1: -1.5} if trial % 2 else None)
+        for t in torch.randint(0, n, (5,), generator=g).tolist():
+            s.accept(t)
+        vals, ids = s.candidates(lg)
+        rv, ri = _reference_candidates(s, lg)
+        assert torch.equal(vals, rv) and torch.equal(ids, ri), (seed, trial, params)
+
+
+def test_min_p_boundary_is_float32_as_llama_cpp() -> None:
+    # llama.cpp keeps logit >= max_logit + logf(p) in float: a logit exactly at that float32 sum survives
+    edge = float(torch.tensor(math.log(0.5), dtype=torch.float32))
+    lg = torch.tensor([0.0, edge, -5.0, -9.0])
+    _, ids = Sampler(neutral(min_p=0.5), 4).candidates(lg)
+    assert ids.tolist() == [0, 1]

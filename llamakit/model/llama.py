@@ -66,6 +66,8 @@ class Batch:
 
     @classmethod
     def of_runs(cls, runs: Sequence[Run]) -> "Batch":
+        if all(r.i1 - r.i0 == 1 for r in runs):  # a decode step of several sequences: one tensor each, not 2 per run
+            return cls(torch.tensor([r.p0 for r in runs]), torch.tensor([r.seq for r in runs]), tuple(runs))
         pos = torch.cat([torch.arange(r.p0, r.p1) for r in runs])
         seq = torch.cat([torch.full((r.i1 - r.i0,), r.seq, dtype=torch.long) for r in runs])
         return cls(pos, seq, tuple(runs))

@@ -20,12 +20,17 @@ Two kinds of stop text:
 The token loop is main.cpp's (the same decode and perf accounting as `generate.Generation`): the prompt in
 n_batch pieces, then sample -> decode one token until an end-of-generation token, max_tokens, a stop, or a full
 context (shifted when context_shift, as llama-cli).
+
+The loop itself does not run the model: `CompletionStream.steps()` is a coroutine that yields `Eval(tokens)` when
+it needs tokens appended to its sequence (the driver sends back the last token's logits) and (token, text) events
+in between. `events()` drives it with the Completer's own `decode`; the server drives one per slot from a single
+thread and evaluates all their `Eval`s in one `decode_batch` per step (no thread per slot, no hand-offs).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +121,14 @@ class Request:
     logprobs: int | None = None  # record the log-probability of each token and the top-N alternatives
 
 
+@dataclass(frozen=True)
+class Eval:
+    """A completion core's request to its driver: append `tokens` to its sequence (with the Completer's
+    bookkeeping, `Completer.decode` or `Completer.record`) and send back the last token's logits (1, n_vocab)."""
+
+    tokens: list[int]
+
+
 @dataclass
 class TokenLogprob:
     token: int
@@ -189,11 +202,14 @@ class Completer:
     # ------------------------------------------------------------------------------------ the context
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         """Append tokens to the sequence; `self.tokens` follows the context even when interrupted."""
-        pending = self.tokens + [int(t) for t in tokens]
         try:
             return self.ctx.decode(tokens, seq=self.seq) if self.seq else self.ctx.decode(tokens)
         finally:
-            self.tokens = pending[: self._n_past()]
+            self.record(tokens)
+
+    def record(self, tokens: Sequence[int]) -> None:
+        """After a driver evaluated `tokens` for this sequence (or tried to): `self.tokens` follows the context."""
+        self.tokens = (self.tokens + [int(t) for t in tokens])[: self._n_past()]
 
     def _n_past(self) -> int:
         return self.ctx.n_past_of(self.seq)
@@ -210,12 +226,23 @@ class Completer:
     def eval_prompt(self, tokens: Sequence[int]) -> tuple[torch.Tensor, int]:
         """Bring the sequence to exactly `tokens` (prefix reuse), in n_batch pieces.
         Returns the last token's logits (1, n_vocab) and the number of reused positions."""
+        steps = self.prompt_steps(tokens)
+        logits = None
+        while True:
+            try:
+                need = steps.send(logits)
+            except StopIteration as done:
+                return done.value
+            logits = self.decode(need.tokens)
+
+    def prompt_steps(self, tokens: Sequence[int]) -> Generator[Eval, torch.Tensor, tuple[torch.Tensor, int]]:
+        """eval_prompt as a coroutine (see the module docstring): yields the n_batch pieces to evaluate."""
         self.check_prompt(tokens)
         n_reused = self.reuse_prefix(tokens)
         rest = list(tokens[n_reused:])
         logits = None
         for s in range(0, len(rest), self.ctx.n_batch):  # one llama_decode per n_batch, as main.cpp
-            logits = self.decode(rest[s:s + self.ctx.n_batch])
+            logits = yield Eval(rest[s:s + self.ctx.n_batch])
         assert logits is not None
         return logits, n_reused
 
@@ -267,7 +294,31 @@ class CompletionStream:
 
     def events(self) -> Iterator[tuple[int | None, str]]:
         """(token, text that became final with it) per sampled token; a last (None, text) for what was held
-        back (an incomplete character at the end)."""
+        back (an incomplete character at the end). Drives `steps()` with the Completer's decode: an exception
+        of the decode (Ctrl+C included) is raised inside the loop, which ends as it would have without it."""
+        steps = self.steps()
+        logits: torch.Tensor | None = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    item = steps.throw(error) if error is not None else steps.send(logits)
+                except StopIteration:
+                    return
+                logits = error = None
+                if isinstance(item, Eval):
+                    try:
+                        logits = self.comp.decode(item.tokens)
+                    except BaseException as e:  # raised where the loop asked for it (KeyboardInterrupt ends it)
+                        error = e
+                else:
+                    yield item
+        finally:
+            steps.close()
+
+    def steps(self) -> Generator[Eval | tuple[int | None, str], torch.Tensor | None, None]:
+        """The token loop as a coroutine: yields Eval(tokens) (send back the logits) or (token, text) events
+        (send None); see the module docstring."""
         comp, req, smp, res = self.comp, self.req, self.sampler, self.result
         ctx, tok, perf = comp.ctx, comp.tok, comp.ctx.perf
         stops = tuple(s for s in req.stop if s)
@@ -281,7 +332,7 @@ class CompletionStream:
         try:
             for t in req.tokens:  # the prompt enters the penalty history (main.cpp)
                 smp.accept(t)
-            logits, res.n_reused = comp.eval_prompt(req.tokens)
+            logits, res.n_reused = yield from comp.prompt_steps(req.tokens)
             res.n_evaluated = len(req.tokens) - res.n_reused
             t1 = time.perf_counter()
             res.t_prompt_ms = (t1 - t0) * 1e3
@@ -331,7 +382,7 @@ class CompletionStream:
                         break
                     comp.shift(req.n_keep, (comp._n_past() - req.n_keep) // 2)
                     res.n_shifts += 1
-                logits = comp.decode([t])
+                logits = yield Eval([t])
         except KeyboardInterrupt:  # Ctrl+C: the answer so far stands, the context stays consistent
             res.stop_reason = "interrupted"
         finally:

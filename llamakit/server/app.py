@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import struct
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -63,6 +64,37 @@ class ApiKeyMiddleware:
                 await resp(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _Outbox:
+    """Scheduler events on their way to the event loop: `put` (the job sinks, on the scheduler thread) only queues,
+    `flush` (the scheduler's on_step hook) wakes the loop once for everything a step produced. One
+    call_soon_threadsafe per token would be a syscall and a GIL hand-off to the loop's thread per token, in the
+    middle of the step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, Any]] = []
+        self._lock = threading.Lock()
+
+    def put(self, q: asyncio.Queue, ev: Any) -> None:
+        with self._lock:
+            self._items.append((q, ev))
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._items:
+                return
+            items, self._items = self._items, []
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, items)
+        except RuntimeError:  # the event loop is gone (shutdown)
+            pass
+
+    @staticmethod
+    def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
+        for q, ev in items:
+            q.put_nowait(ev)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -122,17 +154,19 @@ def create_app(backend: Any, scheduler: Scheduler, alias: str, api_key: Optional
     def check_prompt(tokens: list[int]) -> None:
         scheduler.check_prompt(tokens)  # the completion core's checks: InputError -> 400
 
-    def start(tokens: list[int], params: GenParams) -> tuple[Job, asyncio.Queue]:
+    outboxes: list[_Outbox] = []  # the one of the running event loop (made by its first request)
+
+    def outbox() -> _Outbox:
         loop = asyncio.get_running_loop()
+        if not outboxes or outboxes[-1].loop is not loop:
+            outboxes.append(_Outbox(loop))
+            scheduler.on_step = outboxes[-1].flush
+        return outboxes[-1]
+
+    def start(tokens: list[int], params: GenParams) -> tuple[Job, asyncio.Queue]:
         q: asyncio.Queue = asyncio.Queue()
-
-        def sink(ev: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, ev)
-            except RuntimeError:  # the event loop is gone (shutdown)
-                pass
-
-        job = Job(tokens, params, sink)
+        box = outbox()
+        job = Job(tokens, params, lambda ev: box.put(q, ev))
         try:
             scheduler.submit(job)
         except QueueFull as e:

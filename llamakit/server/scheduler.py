@@ -1,19 +1,23 @@
 """Continuous batching over N slots of one multi-sequence Context (llama-server's slots and update_slots()).
 
 Each slot runs the Python API's completion core (runtime/completion.py: `Completer.stream`, the same prompt
-checks, sampling, stop strings, log-probabilities and prefix reuse as `Llama`) on its own thread, over a
-`SeqView`: sequence `seq` of the shared Context, whose `decode` does not run the model but hands its tokens to
-the scheduler and waits. The scheduler thread waits until every busy slot has handed in its tokens, then makes
-ONE `ctx.decode_batch(items)` call for all of them and gives each slot its logits:
-  - a generating slot hands in one token, a slot reading its prompt a chunk of at most `chunk` tokens
-    (SeqView splits the core's prompt decode), and one step takes at most `budget` tokens, so a long prompt
-    never stalls the other streams for more than one chunk;
+checks, sampling, stop strings, log-probabilities and prefix reuse as `Llama`) over a `SeqView`: sequence `seq`
+of the shared Context. The core is a coroutine (`CompletionStream.steps()`) that yields `Eval(tokens)` when it
+needs its sequence extended; ONE scheduler thread drives every slot's coroutine, like llama-server's single
+update_slots() loop. Each step it makes ONE `ctx.decode_batch(items)` call for all busy slots, then sends each
+slot its logits and runs its core (sampling, detokenizing, stop strings) up to its next Eval:
+  - a generating slot asks for one token, a slot reading its prompt gets a chunk of at most `chunk` tokens of
+    its Eval per step, and one step takes at most `budget` tokens, so a long prompt never stalls the other
+    streams for more than one chunk;
   - a new request joins at the next step in a free slot, the free slot whose cached tokens share the longest
     prefix with its prompt (the core truncates the sequence to that prefix and evaluates only the rest);
     a finished or cancelled one leaves at once.
+No thread per slot: between two forward passes the only work is each slot's sampling, with no hand-offs between
+threads (each a GIL round trip on the step's critical path).
 Jobs beyond the free slots wait in a bounded queue; `submit` raises QueueFull beyond it (the app's 503).
 
-Events go to the job's `sink` (called on the slot's thread; the app forwards them to its event loop):
+Events go to the job's `sink` (called on the scheduler thread; the app queues them and forwards them to its event
+loop when `on_step` is called, once per step, so the loop is woken once for all the step's tokens):
     Token(text, token, logprob)   per generated token (text may be ""); token -1: text held back until the end
     Done(finish_reason, ...)      last event; finish_reason "stop", "length" or "cancelled"
     Failed(message)               last event instead of Done, when the request failed
@@ -24,22 +28,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..errors import LlamakitError
-from ..runtime.completion import Completer, Request, common_prefix
+from ..runtime.completion import Completer, CompletionStream, Eval, Request, common_prefix
 from ..runtime.sampling import SamplingParams, resolve_seed
 
 
 class QueueFull(Exception):
     """More jobs than slots + queue: the caller should retry later."""
-
-
-class Cancelled(Exception):
-    """Raised inside a slot's decode when its client went away or the server stops."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,12 @@ class Metrics:
 
 
 class SeqView:
-    """Sequence `seq` of the shared Context, as the one-sequence Context a Completer expects."""
+    """Sequence `seq` of the shared Context, as the one-sequence Context a Completer expects. Its `decode` is
+    never called: the scheduler evaluates the core's Evals (see the module docstring)."""
 
-    def __init__(self, sched: "Scheduler", seq: int) -> None:
-        self._sched, self._ctx, self.seq = sched, sched.ctx, seq
-        self.cfg, self.perf, self.n_ctx, self.n_batch = self._ctx.cfg, self._ctx.perf, self._ctx.n_ctx, self._ctx.n_batch
+    def __init__(self, ctx: Any, seq: int) -> None:
+        self._ctx, self.seq = ctx, seq
+        self.cfg, self.perf, self.n_ctx, self.n_batch = ctx.cfg, ctx.perf, ctx.n_ctx, ctx.n_batch
 
     @property
     def n_past(self) -> int:
@@ -125,20 +126,22 @@ class SeqView:
         self._ctx.clear(self.seq)
 
     def decode(self, tokens: Sequence[int], logits: str = "last", seq: int = 0) -> Any:
-        out = None
-        for s in range(0, len(tokens), self._sched.chunk):
-            out = self._sched._batched(self.seq, list(tokens[s:s + self._sched.chunk]))
-        return out
+        raise RuntimeError("a slot's sequence is evaluated by the scheduler's decode_batch")
+
+
+Steps = Generator[Any, Any, None]  # CompletionStream.steps()
 
 
 class _Slot:
-    def __init__(self, sched: "Scheduler", seq: int, tok: Any) -> None:
+    def __init__(self, ctx: Any, seq: int, tok: Any) -> None:
         self.seq = seq
-        self.comp = Completer(SeqView(sched, seq), tok)
+        self.comp = Completer(SeqView(ctx, seq), tok)
         self.job: Optional[Job] = None
         self.last_used = 0.0
-        self.thread = threading.Thread(target=sched._slot_main, args=(self,), name=f"llamakit-slot-{seq}",
-                                       daemon=True)
+        self.stream: Optional[CompletionStream] = None
+        self.steps: Optional[Steps] = None
+        self.need: list[int] = []  # tokens of the current Eval not yet evaluated
+        self.fed: list[int] = []  # tokens of the current Eval already evaluated (recorded once it is complete)
 
 
 class Scheduler:
@@ -151,12 +154,11 @@ class Scheduler:
         self.metrics = Metrics()
         self._waiting: deque[Job] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
-        self._pending: dict[int, tuple[list[int], list]] = {}  # seq -> (tokens, [logits] once decoded)
-        self._cv = threading.Condition()
+        self._cv = threading.Condition()  # wakes the scheduler thread: a job, a call, a stop
         self._stopping = False
-        self.slots = [_Slot(self, i, backend.tok) for i in range(n_slots)]
-        for s in self.slots:
-            s.thread.start()
+        # called on the scheduler thread after each step, once that step's events went to their sinks
+        self.on_step: Optional[Callable[[], None]] = None
+        self.slots = [_Slot(self.ctx, i, backend.tok) for i in range(n_slots)]
         self._thread = threading.Thread(target=self._loop, name="llamakit-scheduler", daemon=True)
         self._thread.start()
 
@@ -194,7 +196,7 @@ class Scheduler:
         return sum(s.job is not None for s in self.slots)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything still running or waiting, then end the threads."""
+        """Cancel everything still running or waiting, then end the scheduler thread."""
         with self._cv:
             self._stopping = True
             for job in self._waiting:
@@ -204,122 +206,53 @@ class Scheduler:
                 if s.job is not None:
                     s.job.cancel()
             self._cv.notify_all()
+        self._stepped()
         self._thread.join(timeout)
-        for s in self.slots:
-            s.thread.join(timeout)
-
-    # ------------------------------------------------------------------ slot threads
-    def _batched(self, seq: int, tokens: list[int]) -> Any:
-        """A slot's decode: queue the tokens for the next decode_batch and wait for their logits."""
-        box: list = []
-        with self._cv:
-            job = self.slots[seq].job
-            if self._stopping or job is None or job.cancelled.is_set():
-                raise Cancelled()
-            self._pending[seq] = (tokens, box)
-            self._cv.notify_all()
-            while not box:
-                self._cv.wait()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
-
-    def _slot_main(self, slot: _Slot) -> None:
-        while True:
-            with self._cv:
-                while slot.job is None and not self._stopping:
-                    self._cv.wait()
-                if self._stopping and slot.job is None:
-                    return
-                job = slot.job
-            assert job is not None
-            final: Any
-            try:
-                final = self._run(slot, job)
-            except Exception as e:  # reported to this request; the slot stays usable
-                bad = isinstance(e, LlamakitError)
-                final = Failed(str(e) if bad else f"generation failed: {e!r}", 400 if bad else 500)
-            with self._cv:  # the slot is free before the client hears that its request ended
-                slot.job = None
-                slot.last_used = time.monotonic()
-                self._cv.notify_all()
-            job.sink(final)
-
-    def _run(self, slot: _Slot, job: Job) -> Done:
-        """Run the job's completion in this slot; returns its Done (sent once the slot is free)."""
-        p, comp, m = job.params, slot.comp, self.metrics
-        comp.rng.manual_seed(resolve_seed(p.seed))
-        req = Request(job.prompt, max_tokens=-1 if p.max_tokens is None else max(1, p.max_tokens),
-                      sampling=SamplingParams(temp=p.temp, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
-                                              repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
-                                              frequency_penalty=p.frequency_penalty),
-                      stop=p.stop, logprobs=p.logprobs, logit_bias=p.logit_bias)
-        stream = comp.stream(req)
-        res = stream.result
-        m.prompt_tokens += len(job.prompt)
-        events = stream.events()
-        cancelled = False
-        try:
-            for tok, text in events:
-                lp = None
-                if tok is not None:
-                    m.generated_tokens += 1
-                    if p.logprobs is not None and res.logprobs:
-                        lp = (res.logprobs[-1].logprob, res.logprobs[-1].top)
-                job.sink(Token(text, -1 if tok is None else tok, lp))
-                if job.cancelled.is_set():
-                    cancelled = True
-                    break
-        except Cancelled:
-            cancelled = True
-        finally:
-            events.close()
-        m.cached_tokens += res.n_reused
-        n_gen = len(res.tokens) - (1 if res.stop_reason == "eog" and res.tokens else 0)
-        if cancelled:
-            m.cancelled += 1
-            return Done("cancelled", len(job.prompt), n_gen, res.n_reused)
-        return Done(res.finish_reason, len(job.prompt), n_gen, res.n_reused)
 
     # ------------------------------------------------------------------ the scheduler thread
     def _loop(self) -> None:
         while True:
             with self._cv:
-                deadline = None
-                while True:
-                    if self._stopping:
-                        for _, box in self._pending.values():
-                            box.append(Cancelled())
-                        self._pending.clear()
-                        self._cv.notify_all()
-                        return
-                    self._admit()
-                    busy = {s.seq for s in self.slots if s.job is not None}
-                    # wait for every busy slot's tokens; a slot slow to hand them in is left for the next step
-                    late = deadline is not None and time.monotonic() >= deadline
-                    if self._calls or (self._pending and (busy <= set(self._pending) or late)):
-                        break
-                    if self._pending and deadline is None:
-                        deadline = time.monotonic() + 0.5
-                    self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()) + 1e-3)
+                while not (self._stopping or self._calls or self._waiting or self.active()):
+                    self._cv.wait()
+                stopping = self._stopping
                 calls = list(self._calls)
                 self._calls.clear()
-                items = self._pick()
+                started = self._admit() if not stopping else []
             for fn, fut in calls:
                 if fut.set_running_or_notify_cancel():
                     try:
                         fut.set_result(fn())
                     except BaseException as e:  # handed to the awaiting request
                         fut.set_exception(e)
+            for slot in started:
+                self._start(slot)
+            for slot in self.slots:  # a cancelled job (its client went away, or the server stops) leaves now
+                if slot.job is not None and (stopping or slot.job.cancelled.is_set()):
+                    self._finish(slot, cancelled=True)
+            if stopping:
+                self._stepped()
+                return
+            items = self._pick()
             if items:
                 self._decode(items)
+            self._stepped()
 
-    def _admit(self) -> None:
-        """Under the lock: drop cancelled waiting jobs, put waiting jobs into free slots."""
+    def _stepped(self) -> None:
+        hook = self.on_step
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # the app's hook must not stop the scheduler
+                pass
+
+    def _admit(self) -> list[_Slot]:
+        """Under the lock: drop cancelled waiting jobs, put waiting jobs into free slots (returned)."""
         for job in [j for j in self._waiting if j.cancelled.is_set()]:
             self._waiting.remove(job)
             self.metrics.cancelled += 1
             job.sink(Done("cancelled", len(job.prompt), 0, 0))
+        started = []
         while self._waiting:
             free = [s for s in self.slots if s.job is None]
             if not free:
@@ -327,33 +260,122 @@ class Scheduler:
             job = self._waiting.popleft()
             best = max(free, key=lambda s: (common_prefix(s.comp.tokens, job.prompt), -s.last_used))
             best.job = job
-            self._cv.notify_all()
+            started.append(best)
+        return started
 
-    def _pick(self) -> list[tuple[int, list[int], list]]:
-        """Under the lock: this step's items, single tokens first, then prompt chunks within the budget."""
-        order = sorted(self._pending.items(), key=lambda kv: len(kv[1][0]))
-        items, n = [], 0
-        for seq, (tokens, box) in order:
-            if items and n + len(tokens) > self.budget:
+    def _start(self, slot: _Slot) -> None:
+        """Build the job's completion in this slot and run its core up to its first Eval."""
+        job = slot.job
+        assert job is not None
+        p, comp = job.params, slot.comp
+        try:
+            comp.rng.manual_seed(resolve_seed(p.seed))
+            req = Request(job.prompt, max_tokens=-1 if p.max_tokens is None else max(1, p.max_tokens),
+                          sampling=SamplingParams(temp=p.temp, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
+                                                  repeat_penalty=p.repeat_penalty,
+                                                  presence_penalty=p.presence_penalty,
+                                                  frequency_penalty=p.frequency_penalty),
+                          stop=p.stop, logprobs=p.logprobs, logit_bias=p.logit_bias)
+            slot.stream = comp.stream(req)
+            slot.steps = slot.stream.steps()
+            self.metrics.prompt_tokens += len(job.prompt)
+        except Exception as e:
+            self._fail(slot, e)
+            return
+        self._advance(slot, None, None)
+
+    def _advance(self, slot: _Slot, logits: Any, error: Optional[BaseException]) -> None:
+        """Send the logits of the slot's last Eval (or throw its error) into its core and run the core, sending
+        its text to the sink, until it asks for its next Eval, ends, or its client has gone."""
+        job, steps, stream = slot.job, slot.steps, slot.stream
+        assert job is not None and steps is not None and stream is not None
+        p, res, m = job.params, stream.result, self.metrics
+        try:
+            item = steps.throw(error) if error is not None else steps.send(logits)
+            while not isinstance(item, Eval):
+                tok, text = item
+                lp = None
+                if tok is not None:
+                    m.generated_tokens += 1
+                    if p.logprobs is not None and res.logprobs:
+                        lp = (res.logprobs[-1].logprob, res.logprobs[-1].top)
+                job.sink(Token(text, -1 if tok is None else tok, lp))
+                if job.cancelled.is_set():
+                    self._finish(slot, cancelled=True)
+                    return
+                item = steps.send(None)
+        except StopIteration:
+            self._finish(slot, cancelled=False)
+            return
+        except Exception as e:  # reported to this request; the slot stays usable
+            self._fail(slot, e)
+            return
+        slot.need, slot.fed = list(item.tokens), []
+
+    def _finish(self, slot: _Slot, cancelled: bool) -> None:
+        job, stream = slot.job, slot.stream
+        assert job is not None
+        if slot.steps is not None:
+            slot.steps.close()  # the core's finally: the result is complete
+        if stream is None:  # failed before it started
+            done = Done("cancelled", len(job.prompt), 0, 0)
+        else:
+            res = stream.result
+            self.metrics.cached_tokens += res.n_reused
+            n_gen = len(res.tokens) - (1 if res.stop_reason == "eog" and res.tokens else 0)
+            done = Done("cancelled" if cancelled else res.finish_reason, len(job.prompt), n_gen, res.n_reused)
+        if cancelled:
+            self.metrics.cancelled += 1
+        self._free(slot, done)
+
+    def _fail(self, slot: _Slot, e: BaseException) -> None:
+        if slot.steps is not None:
+            slot.steps.close()
+        bad = isinstance(e, LlamakitError)
+        self._free(slot, Failed(str(e) if bad else f"generation failed: {e!r}", 400 if bad else 500))
+
+    def _free(self, slot: _Slot, final: Any) -> None:
+        """The slot is free before the client hears that its request ended."""
+        job = slot.job
+        assert job is not None
+        with self._cv:
+            slot.job, slot.stream, slot.steps, slot.need, slot.fed = None, None, None, [], []
+            slot.last_used = time.monotonic()
+        try:
+            job.sink(final)
+        except Exception:  # a sink that fails cannot stop the other slots
+            pass
+
+    def _pick(self) -> list[tuple[_Slot, list[int]]]:
+        """This step's items, single tokens first, then prompt chunks (at most `chunk` tokens of a slot's Eval)
+        within the budget."""
+        busy = sorted((s for s in self.slots if s.job is not None and s.need), key=lambda s: len(s.need))
+        items: list[tuple[_Slot, list[int]]] = []
+        n = 0
+        for slot in busy:
+            toks = slot.need[:self.chunk]
+            if items and n + len(toks) > self.budget:
                 break
-            items.append((seq, tokens, box))
-            n += len(tokens)
-        for seq, _, _ in items:
-            del self._pending[seq]
+            items.append((slot, toks))
+            n += len(toks)
         return items
 
-    def _decode(self, items: list[tuple[int, list[int], list]]) -> None:
+    def _decode(self, items: list[tuple[_Slot, list[int]]]) -> None:
         t0 = time.perf_counter()
+        error: Optional[BaseException] = None
         try:
-            logits: Sequence[Any] = self.ctx.decode_batch([(seq, toks) for seq, toks, _ in items])
+            logits: Sequence[Any] = self.ctx.decode_batch([(slot.seq, toks) for slot, toks in items])
         except Exception as e:  # every slot in this batch fails; the server goes on
-            logits = [e] * len(items)
+            error, logits = e, [None] * len(items)
         m = self.metrics
         m.decode_seconds += time.perf_counter() - t0
         m.forward_passes += 1
-        m.batched_tokens += sum(len(t) for _, t, _ in items)
+        m.batched_tokens += sum(len(t) for _, t in items)
         m.max_batch = max(m.max_batch, len(items))
-        with self._cv:
-            for (_, _, box), lg in zip(items, logits):
-                box.append(lg)
-            self._cv.notify_all()
+        for (slot, toks), lg in zip(items, logits):
+            slot.fed += toks
+            del slot.need[:len(toks)]
+            if slot.need and error is None:
+                continue  # the rest of this Eval goes in the next steps
+            slot.comp.record(slot.fed)  # the Completer's bookkeeping, as its own decode does
+            self._advance(slot, lg, error)
