@@ -88,8 +88,10 @@ class _Ring:
     def __init__(self, lib: Any, t: GGMLType, cols: int, nbytes: int) -> None:
         dll = lib.dll
         g = torch.Generator().manual_seed(int(t) * 7919 + cols)
-        blk = GGML_BLOCK[t].block_size  # 32 rows of one block, tiled along the row: the codec's cost is
-        src = get_codec(t).quantize(torch.randn(32, blk, generator=g) * 0.02).repeat(1, cols // blk)  # tiny
+        # 32 rows of one block each, tiled along the row: quantizing full rows with a K-quant's torch
+        # search took ~1 s of the probe
+        blk = GGML_BLOCK[t].block_size
+        src = get_codec(t).quantize(torch.randn(32, blk, generator=g) * 0.02).repeat(1, cols // blk)
         base = torch.empty(int(dll.lk_prepared_size(int(t), 32, cols)), dtype=torch.uint8)
         lib.check(dll.lk_prepare(int(t), 32, cols, src.data_ptr(), base.data_ptr()), "prepare")
         self.src = src  # the 32 file rows every matrix repeats
@@ -97,6 +99,7 @@ class _Ring:
         self.buf = base.repeat(max(1, -(-nbytes // base.numel())))
         self.lib, self.t, self.cols = lib, int(t), cols
         self.groups = self.buf.numel() // self.group
+        self._io: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def view(self, rows: int, index: int = 0) -> torch.Tensor:
         """Matrix `index` of `rows` rows as a kernel's prepared (rows, bytes per row) tensor (copies laid
@@ -113,7 +116,9 @@ class _Ring:
 
     def stream(self) -> None:
         """One token through the whole buffer: a token's worth of weights through the caches."""
-        x, y = torch.zeros(1, self.cols), torch.empty(1, self.groups * 16)
+        if self._io is None:
+            self._io = (torch.zeros(1, self.cols), torch.empty(1, self.groups * 16))
+        x, y = self._io
         self.lib.dll.lk_matmul(self.t, self.groups * 16, self.cols, self.buf.data_ptr(), 1, x.data_ptr(),
                                y.data_ptr(), self.groups * 16)
 
