@@ -173,7 +173,8 @@ def test_native_probe_measures_every_shape_and_the_model_uses_it() -> None:
     assert d.decode.sample > 0 and d.prompt.sample == 0 and set(d.by_type) == {GGMLType.Q4_K, GGMLType.Q6_K}
     p = plan(m, n_ctx=512, speeds=Speeds(d, DEFAULT_GPU))
     r, layers = d.decode, layer_costs(m)
-    mm = sum(t.params / r.matmul[(t.ggml_type, t.rows, t.params // t.rows)] for L in layers for t in L.tensors if t.rows)
+    mm = sum(t.params / r.matmul[(t.ggml_type, t.rows, t.params // t.rows)]
+             for L in layers for t in L.tensors if t.rows)
     vec = sum(t.nbytes / d.bw(t.ggml_type) for L in layers for t in L.tensors if not t.rows)  # the norms
     attn = max(2 * 65 * m.n_embd_kv * 2 / d.bandwidth, 4 * 65 * m.n_embd_q / r.attn_flops)
     assert p.rows[0].prediction.tg == pytest.approx(1 / (mm + vec + m.n_layer * (r.layer + attn) + r.step))
