@@ -124,8 +124,8 @@ def test_engine_shape_lists_the_cpu_matmuls() -> None:
 
 
 def test_probe_rings_are_valid_prepared_matrices() -> None:
-    """The probe's copies are runs of 16-row groups of one prepared buffer: each is the matrix of the rows
-    it repeats, as NativeKernel.prepare would make it."""
+    """The probe's matrices are runs of x16 records (16 rows x one block) of one buffer: each is the
+    matrix of the file rows it repeats, as NativeKernel.prepare makes it, whatever its shape."""
     from llamakit.kernels.native import NativeKernel
     from llamakit.kernels.registry import native_status
     from llamakit.runtime.probe_native import _Ring
@@ -134,17 +134,21 @@ def test_probe_rings_are_valid_prepared_matrices() -> None:
     if not st.ok:  # the probe is not used without the library (machine_speeds takes the torch probe)
         assert not native_ok(engine_shape(shape_from_gguf(TINY_GGUF / "quantize-Q4_0.gguf")))
         return
-    for t in (GGMLType.Q4_0, GGMLType.Q6_K):
-        ring = _Ring(st.lib, t, 512, 1 << 16)
+    for t, cols in ((GGMLType.Q4_0, 512), (GGMLType.Q6_K, 512), (GGMLType.Q4_K, 768)):
+        ring = _Ring(st.lib, t, 1 << 16)
         k = NativeKernel(t)
-        x = torch.randn(3, 512)
-        for rows, index in ((40, 1), (16, 5)):
-            w = ring.view(rows, index)
+        x = torch.randn(3, cols)
+        nb = cols // ring.block
+        for rows, index in ((40, 1), (16, 3)):
+            w = ring.view(rows, cols, index)
             g = -(-rows // 16)
-            start = (index * g) % (ring.groups - g + 1)
-            src = torch.stack([ring.src[(start * 16 + r) % 32] for r in range(rows)])
-            assert torch.equal(k.linear(x, w, 512), k.linear(x, k.prepare(src), 512))
-        assert len(ring.copies(40, 1 << 16)) == min((1 << 16) // (3 * ring.group), ring.groups // 3)
+            start = (index * g) % (ring.buf.numel() // ring.group(cols) - g + 1) * nb  # in records
+            # record r holds rows 0-15 (r even) or 16-31 (r odd) of the 32 source rows, for one block
+            src = torch.stack([torch.cat([ring.src[16 * ((start + (r // 16) * nb + b) % 2) + r % 16]
+                                          for b in range(nb)]) for r in range(rows)])
+            assert torch.equal(k.linear(x, w, cols), k.linear(x, k.prepare(src), cols))
+        size = 3 * ring.group(cols)
+        assert ring.copies(40, cols, 1 << 15) == [ring.buf.data_ptr() + i * size for i in range((1 << 15) // size)]
 
 
 def test_native_probe_measures_every_shape_and_the_model_uses_it() -> None:

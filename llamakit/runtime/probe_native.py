@@ -4,7 +4,7 @@ A CPU step is measured in three parts, each the way the engine pays it, at the t
 native pool and torch set as runtime/threads.py sets them):
   matmuls    lk_matmul at every (type, rows, cols) of the model's CPU layers, for one token (decode) and
              for one physical prompt batch (32 rows: the fused path's), cycling over as many copies of the
-             matrix as fill min(64 MiB, the model's weights) (16 MiB for the compute-bound batches), so
+             matrix as fill min(192 MiB, the model's weights) (16 MiB for the compute-bound batches), so
              the weights come from where the engine finds them (DRAM for a real model, the caches for a
              tiny one); less ctypes' cost of a call (the engine's calls come from C);
   the block  one FusedBlock of the model's dimensions: everything but its 7 matmuls (norms, rope, the K/V
@@ -41,8 +41,12 @@ from ..quants import get_codec
 from .costmodel import DeviceSpeed, EngineRates, MatShape
 
 MiB = 1 << 20
-DECODE_BYTES = 64 * MiB  # beyond a desktop's last-level cache (this machine's: 32 MiB; 96 MiB measures
-PROMPT_BYTES = 16 * MiB  # within 5% of 64)
+# Decode rates are measured over up to DECODE_BYTES of distinct weights: at 2 threads (bandwidth-bound)
+# the rate here fell until ~6x the 32 MiB last-level cache (Q4_0 5632x2048: 85 GW/s cycling over 64 MiB,
+# 69 over 192 and more; the cache keeps part of a cyclic working set), and the engine streams it all.
+DECODE_BYTES = 192 * MiB
+PROMPT_BYTES = 16 * MiB  # 32-row batches are compute-bound
+FLUSH_BYTES = 64 * MiB  # enough traffic to evict what a block touched
 BLOCK_BYTES = 48 * MiB  # the largest block the non-matmul probe builds
 PROBE_DEPTH = 256  # decode attention is measured at 0 and this many cached positions,
 PROMPT_CTX = 512  # prompt steps at [0, ub) and [512 - ub, 512)
@@ -82,52 +86,60 @@ def _median(fn: Callable[[], float], windows: int = 5) -> float:
 
 
 class _Ring:
-    """Prepared matrices of one type and row length in one buffer, made by repeating 32 prepared rows
-    (the prepared form is whole 16-row groups, so any run of groups is a valid matrix)."""
+    """Prepared weights of one type in one buffer, as a run of x16 records (16 rows x one block: the unit
+    of the prepared form, native/k_internal.h), so any run of (rows / 16) x (cols / block) records is a
+    valid prepared (rows, cols) matrix. Made by repeating the two records of 32 random rows of one block
+    (quantizing whole rows with a K-quant's torch search took ~1 s of the probe)."""
 
-    def __init__(self, lib: Any, t: GGMLType, cols: int, nbytes: int) -> None:
+    def __init__(self, lib: Any, t: GGMLType, nbytes: int) -> None:
         dll = lib.dll
-        g = torch.Generator().manual_seed(int(t) * 7919 + cols)
-        # 32 rows of one block each, tiled along the row: quantizing full rows with a K-quant's torch
-        # search took ~1 s of the probe
-        blk = GGML_BLOCK[t].block_size
-        src = get_codec(t).quantize(torch.randn(32, blk, generator=g) * 0.02).repeat(1, cols // blk)
-        base = torch.empty(int(dll.lk_prepared_size(int(t), 32, cols)), dtype=torch.uint8)
-        lib.check(dll.lk_prepare(int(t), 32, cols, src.data_ptr(), base.data_ptr()), "prepare")
-        self.src = src  # the 32 file rows every matrix repeats
-        self.group = base.numel() // 2  # bytes of 16 rows
+        self.block = GGML_BLOCK[t].block_size
+        g = torch.Generator().manual_seed(int(t))
+        self.src = get_codec(t).quantize(torch.randn(32, self.block, generator=g) * 0.02)  # 32 file rows
+        base = torch.empty(int(dll.lk_prepared_size(int(t), 32, self.block)), dtype=torch.uint8)
+        lib.check(dll.lk_prepare(int(t), 32, self.block, self.src.data_ptr(), base.data_ptr()), "prepare")
+        self.record = base.numel() // 2
         self.buf = base.repeat(max(1, -(-nbytes // base.numel())))
-        self.lib, self.t, self.cols = lib, int(t), cols
-        self.groups = self.buf.numel() // self.group
+        self.lib, self.t = lib, int(t)
         self._io: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def view(self, rows: int, index: int = 0) -> torch.Tensor:
-        """Matrix `index` of `rows` rows as a kernel's prepared (rows, bytes per row) tensor (copies laid
-        end to end, wrapping around the buffer)."""
-        g = -(-rows // 16)
-        start = (index * g) % max(1, self.groups - g + 1)
-        return self.buf[start * self.group:(start + g) * self.group].view(16 * g, self.group // 16)[:rows]
+    def group(self, cols: int) -> int:
+        """Bytes of 16 rows of `cols` columns."""
+        return cols // self.block * self.record
 
-    def copies(self, rows: int, nbytes: int) -> list[int]:
-        """Pointers of as many distinct copies as fill nbytes (at least one)."""
-        g = -(-rows // 16)
-        n = max(1, min(nbytes // (g * self.group), self.groups // g))
-        return [self.buf.data_ptr() + i * g * self.group for i in range(n)]
+    def max_rows(self, cols: int) -> int:
+        return self.buf.numel() // self.group(cols) * 16
 
-    def stream(self) -> None:
-        """One token through the whole buffer: a token's worth of weights through the caches."""
-        if self._io is None:
-            self._io = (torch.zeros(1, self.cols), torch.empty(1, self.groups * 16))
+    def view(self, rows: int, cols: int, index: int = 0) -> torch.Tensor:
+        """Matrix `index` of (rows, cols) as a kernel's prepared (rows, bytes per row) tensor (matrices
+        laid end to end, wrapping around the buffer)."""
+        g, gb = -(-rows // 16), self.group(cols)
+        start = (index * g) % max(1, self.buf.numel() // gb - g + 1)
+        return self.buf[start * gb:(start + g) * gb].view(16 * g, gb // 16)[:rows]
+
+    def copies(self, rows: int, cols: int, nbytes: int) -> list[int]:
+        """Pointers of as many distinct (rows, cols) matrices as fill nbytes (at least one)."""
+        size = -(-rows // 16) * self.group(cols)
+        n = max(1, min(nbytes, self.buf.numel()) // size)
+        return [self.buf.data_ptr() + i * size for i in range(n)]
+
+    def stream(self, nbytes: int) -> None:
+        """One token through nbytes of the buffer: a token's worth of weights through the caches."""
+        cols = 64 * self.block
+        rows = min(nbytes, self.buf.numel()) // self.group(cols) * 16
+        if rows == 0:
+            return
+        if self._io is None or self._io[1].shape[1] < rows:
+            self._io = (torch.zeros(1, cols), torch.empty(1, rows))
         x, y = self._io
-        self.lib.dll.lk_matmul(self.t, self.groups * 16, self.cols, self.buf.data_ptr(), 1, x.data_ptr(),
-                               y.data_ptr(), self.groups * 16)
+        self.lib.dll.lk_matmul(self.t, rows, cols, self.buf.data_ptr(), 1, x.data_ptr(), y.data_ptr(), rows)
 
 
-def _per_call(lib: Any, ring: _Ring, rows: int, n: int, nbytes: int) -> float:
-    """Seconds of one lk_matmul of n rows through a (rows, ring.cols) matrix, cycling over copies that
-    fill nbytes; ctypes' own cost (the same call with n = 0: checks and return) taken off."""
-    fn, t, cols = lib.dll.lk_matmul, ring.t, ring.cols
-    ptrs = ring.copies(rows, nbytes)
+def _per_call(lib: Any, ring: _Ring, rows: int, cols: int, n: int, nbytes: int) -> float:
+    """Seconds of one lk_matmul of n rows through a (rows, cols) matrix, cycling over copies that fill
+    nbytes; ctypes' own cost (the same call with n = 0: checks and return) taken off."""
+    fn, t = lib.dll.lk_matmul, ring.t
+    ptrs = ring.copies(rows, cols, nbytes)
     x = torch.randn(n, cols) * 0.5
     y = torch.empty(n, rows)
     xp, yp = x.data_ptr(), y.data_ptr()
@@ -152,7 +164,7 @@ def _per_call(lib: Any, ring: _Ring, rows: int, n: int, nbytes: int) -> float:
     return max(_median(window) - _median(empty, 3), 1e-9)
 
 
-def _matmul_rates(lib: Any, shape: EngineShape, rings: dict[tuple[int, int], _Ring], ub: int, n_threads: int,
+def _matmul_rates(lib: Any, shape: EngineShape, rings: dict[int, _Ring], ub: int, n_threads: int,
                   n_threads_batch: int) -> tuple[dict[MatShape, float], dict[MatShape, float]]:
     """Weights x rows per second of every CPU matmul shape, at one row and at ub rows."""
     dec: dict[MatShape, float] = {}
@@ -161,16 +173,16 @@ def _matmul_rates(lib: Any, shape: EngineShape, rings: dict[tuple[int, int], _Ri
         t, rows, cols = key
         if not lib.supports(t):
             continue  # a torch kernel computes it: the generic per-type rate applies
-        ring = rings[(int(t), cols)]
-        r = min(rows, ring.groups * 16)  # a matrix larger than the ring: time its first rows
+        ring = rings[int(t)]
+        r = min(rows, ring.max_rows(cols))  # a matrix larger than the ring: time its first rows
         lib.set_threads(n_threads)
-        dec[key] = r * cols / _per_call(lib, ring, r, 1, shape.traffic)
+        dec[key] = r * cols / _per_call(lib, ring, r, cols, 1, shape.traffic)
         lib.set_threads(n_threads_batch)
-        pp[key] = ub * r * cols / _per_call(lib, ring, r, ub, min(shape.traffic, PROMPT_BYTES))
+        pp[key] = ub * r * cols / _per_call(lib, ring, r, cols, ub, min(shape.traffic, PROMPT_BYTES))
     return dec, pp
 
 
-def _block_phases(lib: Any, shape: EngineShape, rings: dict[tuple[int, int], _Ring], ub: int, n_threads: int,
+def _block_phases(lib: Any, shape: EngineShape, rings: dict[int, _Ring], ub: int, n_threads: int,
                   n_threads_batch: int) -> tuple[float, float, float, float]:
     """(fixed s, s per slot) of a fused block's non-matmul work, at one token and at ub tokens."""
     e, hd = shape.n_embd, shape.head_dim
@@ -186,11 +198,12 @@ def _block_phases(lib: Any, shape: EngineShape, rings: dict[tuple[int, int], _Ri
     sizes = {"attn_q": (nq, e), "attn_k": (nkv, e), "attn_v": (nkv, e), "attn_output": (e, nq),
              "ffn_gate": (ff, e), "ffn_up": (ff, e), "ffn_down": (e, ff)}
     types = dict(shape.block_types)
-    own = {n: _Ring(lib, types[n], sizes[n][1], 1) for n in LINEARS}  # one matrix each, whatever its size
-    for n, r in own.items():
-        if r.groups * 16 < sizes[n][0]:
-            own[n] = _Ring(lib, types[n], sizes[n][1], -(-sizes[n][0] // 16) * r.group)
-    linears: dict[str, Any] = {n: (types[n], own[n].view(sizes[n][0]), *sizes[n], None) for n in LINEARS}
+    linears: dict[str, Any] = {}
+    for i, n in enumerate(LINEARS):
+        ring = rings[int(types[n])]
+        if ring.max_rows(sizes[n][1]) < sizes[n][0]:  # larger than the model's traffic: its own buffer
+            ring = _Ring(lib, types[n], -(-sizes[n][0] // 16) * ring.group(sizes[n][1]))
+        linears[n] = (types[n], ring.view(*sizes[n], i), *sizes[n], None)
     linears["attn_norm"] = linears["ffn_norm"] = torch.ones(e)
     n_ctx = max(PROBE_DEPTH + 1, PROMPT_CTX)
     k = torch.zeros(1, shape.n_head_kv, n_ctx, hd, dtype=torch.float16)
@@ -200,7 +213,7 @@ def _block_phases(lib: Any, shape: EngineShape, rings: dict[tuple[int, int], _Ri
     fb = FusedBlock(dims, linears, k, v, max_tokens=ub)
     b = fb._b
     b.timing = 1
-    flush = rings[(int(types["ffn_gate"]), e)]
+    flush = rings[int(types["ffn_gate"])]
 
     def other(t: int, p0: int, threads: int) -> float:
         lib.set_threads(threads)
@@ -217,7 +230,7 @@ def _block_phases(lib: Any, shape: EngineShape, rings: dict[tuple[int, int], _Ri
             x.copy_(x0)
             b.ns_total = b.ns_matmul = 0
             for _ in range(calls):
-                flush.stream()
+                flush.stream(FLUSH_BYTES)
                 fb(x, pos, seq, cos, sin)
             return (b.ns_total - b.ns_matmul) / (calls * 1e9)
 
@@ -247,12 +260,12 @@ def _mimic_context(n_layer: int, n_ff: int, gate_up: _Ring, down: _Ring, n_threa
     types = {"token_embd.weight": q8, **{f"blk.{i}.{n}.weight": q8 for i in range(n_layer) for n in LINEARS}}
     with torch.device("meta"):
         model = Llama(cfg, types)
-    small = gate_up.view(64)  # every 64x64 matrix (q, k, v, o, output, embedding rows): the same bytes
+    small = gate_up.view(64, 64)  # every 64x64 matrix (q, k, v, o, output, embedding rows): the same bytes
     for name, mod in model.named_modules():
         if isinstance(mod, (QuantLinear, QuantEmbedding)):
             i = int(name.split(".")[1]) if name.startswith("blk.") else 0
-            w = {"ffn_gate": gate_up.view(n_ff, 2 * i), "ffn_up": gate_up.view(n_ff, 2 * i + 1),
-                 "ffn_down": down.view(64, i)}.get(name.rsplit(".", 1)[-1], small)
+            w = {"ffn_gate": gate_up.view(n_ff, 64, 2 * i), "ffn_up": gate_up.view(n_ff, 64, 2 * i + 1),
+                 "ffn_down": down.view(64, n_ff, i)}.get(name.rsplit(".", 1)[-1], small)
             mod.set_kernel(kernel_for(q8, "cpu", use="rows" if isinstance(mod, QuantEmbedding) else "linear"), w)
     for name, buf in list(model.named_buffers()):
         if buf is not None and buf.is_meta:  # the norms
@@ -285,10 +298,10 @@ def _python(lib: Any, shape: EngineShape, n_threads: int) -> tuple[float, float]
     and after the last one (decode(), the embedding, the output norm and call), and between them less
     the blocks' native time, per layer."""
     n_layer = shape.n_layer
-    per_layer = max(min(shape.layer_bytes, shape.traffic // max(1, n_layer)), 16 * 1024)
+    per_layer = max(min(shape.layer_bytes, min(shape.traffic, FLUSH_BYTES) // max(1, n_layer)), 16 * 1024)
     n_ff = max(32, per_layer * 32 // (3 * 64 * 34) // 32 * 32)  # Q8_0: 34 bytes per 32 weights
-    gate_up = _Ring(lib, GGMLType.Q8_0, 64, 2 * n_ff * 64 * 34 // 32 * n_layer + 64 * 68)
-    down = _Ring(lib, GGMLType.Q8_0, n_ff, 64 * n_ff * 34 // 32 * n_layer)
+    gate_up = _Ring(lib, GGMLType.Q8_0, 2 * n_ff * 64 * 34 // 32 * n_layer + 64 * 68)
+    down = _Ring(lib, GGMLType.Q8_0, 64 * n_ff * 34 // 32 * n_layer)
     ctx = _mimic_context(n_layer, n_ff, gate_up, down, n_threads)
     first, last = _Stamp(ctx.fused[0]), _Stamp(ctx.fused[-1]) if n_layer > 1 else None
     ctx.fused[0] = first
@@ -392,12 +405,7 @@ def _probe_once(shape: EngineShape, n_threads: int, n_threads_batch: int, ub: in
     try:
         with torch.inference_mode():
             torch.set_num_threads(n_threads)
-            need: dict[tuple[int, int], int] = {}
-            for t, rows, cols in shape.matmuls:
-                if lib.supports(t):
-                    size = rows * cols // 32 * 36  # ~ prepared bytes (at most 1.125 bytes per weight)
-                    need[(int(t), cols)] = max(need.get((int(t), cols), 0), min(size, DECODE_BYTES), shape.traffic)
-            rings = {k: _Ring(lib, GGMLType(k[0]), k[1], n) for k, n in need.items()}
+            rings = {int(t): _Ring(lib, t, shape.traffic) for t in {k[0] for k in shape.matmuls} if lib.supports(t)}
             dec, pp = _matmul_rates(lib, shape, rings, ub, n_threads, n_threads_batch)
             a1, s1, a_pp, s_pp = _block_phases(lib, shape, rings, ub, n_threads, n_threads_batch)
             del rings
