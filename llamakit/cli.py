@@ -671,6 +671,8 @@ def plan(
     gpu_bw: Optional[float] = typer.Option(None, "--gpu-bw", help="GPU effective bandwidth in GB/s (default: probed on a CUDA device, else 250)."),
     cpu_bw: Optional[float] = typer.Option(None, "--cpu-bw", help="CPU effective bandwidth in GB/s (default: probed)."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Measure the hardware present (a short kernel run) unless a bandwidth is given."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="CPU threads the prediction is for (default: the physical cores, as run and bench)."),
+    threads_batch: Optional[int] = typer.Option(None, "-tb", "--threads-batch", help=_TB_HELP),
     fit_margin: int = _FIT_MARGIN,
     tensor_split: Optional[str] = _TENSOR_SPLIT,
     main_gpu: int = _MAIN_GPU,
@@ -683,10 +685,12 @@ def plan(
     from .runtime.plan import plan as make_plan
 
     opts = _placement("auto", fit_margin, tensor_split, main_gpu, split_mode, None, cache_type)
+    n_threads, n_threads_batch = _engine_threads(threads, threads_batch)
     shape = model_shape(_model_or_default(model), type_name)
     budgets = [parse_size(v, "--vram") for v in vram.split(",")] if vram else [a.free for a in find_accelerators()[0]]
     ram_b = parse_size(ram, "--ram") if ram else ram_available()
-    speeds = machine_speeds(shape, cpu_bw=cpu_bw, gpu_bw=gpu_bw, probe=probe)
+    speeds = machine_speeds(shape, cpu_bw=cpu_bw, gpu_bw=gpu_bw, probe=probe, n_threads=n_threads,
+                            n_threads_batch=n_threads_batch)
     n_gpus = max(1, len(opts.tensor_split))
     p = make_plan(shape, n_ctx=ctx_size, cache_type=cache_type, vram=budgets, n_gpus=n_gpus, ram=ram_b,
                   speeds=speeds, opts=opts, n_ubatch=ubatch_size)

@@ -13,14 +13,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, OutOfMemoryError
 from ..gguf.constants import GGML_BLOCK, GGMLType, LlamaFileType
 from ..quants.mixes import ModelInfo, TypeChooser, is_quantizable, is_quantized_type, loader_order, parse_file_type
-from .costmodel import LayerCost, Prediction, Speeds, TensorCost, predict
+from .costmodel import DeviceSpeed, EngineRates, LayerCost, Prediction, Speeds, TensorCost, predict
 from .placement import (CACHE_TYPES, ModelSizes, PlacementOptions, assign_slots, compute_reserve,
                         fit_gpu_layers, fits as fits_in, kv_block_bytes, model_sizes, usage_of)
+
+if TYPE_CHECKING:
+    from .probe_native import EngineShape
 
 BLOCK_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
@@ -39,6 +42,19 @@ class ModelShape:
     n_ctx_train: int
     tied_output: bool
     tensors: dict[str, tuple[GGMLType, tuple[int, ...]]]  # name -> (type, (rows, row length) or (n,))
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd_q // self.n_head
+
+    @property
+    def n_head_kv(self) -> int:
+        return self.n_embd_kv // self.head_dim
+
+    @property
+    def output_name(self) -> str:
+        """The output layer's matrix (the embedding's when tied)."""
+        return "token_embd.weight" if self.tied_output else "output.weight"
 
     def nbytes(self, name: str) -> int:
         """Bytes as held in memory: packed rows for matrices, float32 for vectors (the loader's rule)."""
@@ -140,11 +156,32 @@ def layer_costs(m: ModelShape) -> list[LayerCost]:
     layers = []
     for i in range(m.n_layer):
         names = [f"blk.{i}.{t}.weight" for t in BLOCK_TENSORS if f"blk.{i}.{t}.weight" in m.tensors]
-        layers.append(LayerCost(tuple(TensorCost(m.tensors[n][0], m.nbytes(n), m.params(n)) for n in names),
-                                m.n_embd_kv, m.n_embd_q))
-    out_name = "token_embd.weight" if m.tied_output else "output.weight"
-    layers.append(LayerCost((TensorCost(m.tensors[out_name][0], m.nbytes(out_name), m.params(out_name)),)))
+        layers.append(LayerCost(tuple(_tensor_cost(m, n) for n in names), m.n_embd_kv, m.n_embd_q))
+    layers.append(LayerCost((_tensor_cost(m, m.output_name),)))
     return layers
+
+
+def _tensor_cost(m: ModelShape, name: str) -> TensorCost:
+    t, shape = m.tensors[name]
+    return TensorCost(t, m.nbytes(name), m.params(name), shape[0] if len(shape) == 2 else 0)
+
+
+def engine_shape(m: ModelShape) -> EngineShape:
+    """What the CPU probe measures for this model: its block dimensions and matmul shapes."""
+    from collections import Counter
+
+    from .probe_native import EngineShape
+
+    matmuls = sorted({(t, s[0], s[1]) for n, (t, s) in m.tensors.items()
+                      if len(s) == 2 and (n.startswith("blk.") or n == m.output_name)})
+    usual = tuple((k, Counter(m.tensors[f"blk.{i}.{k}.weight"][0] for i in range(m.n_layer)).most_common(1)[0][0])
+                  for k in BLOCK_TENSORS if "norm" not in k)
+    nbytes = sum(m.nbytes(n) for n, (_, s) in m.tensors.items() if len(s) == 2 and n != "token_embd.weight")
+    if m.tied_output:
+        nbytes += m.nbytes("token_embd.weight")
+    block_bytes = sum(m.nbytes(n) for n in m.tensors if n.startswith("blk.")) // max(1, m.n_layer)
+    return EngineShape(m.n_embd, m.n_head, m.n_head_kv, m.head_dim, m.n_ff, usual, tuple(matmuls),
+                       nbytes, m.n_vocab, m.n_layer, block_bytes)
 
 
 def sizes_of(m: ModelShape, n_ctx: int, cache_type: str, n_ubatch: int) -> ModelSizes:
@@ -212,15 +249,28 @@ def default_rows(n_layer: int, auto: int | None) -> list[int]:
     return sorted(keep)
 
 
+def _rates_json(r: EngineRates | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"rows": r.rows, "layer_us": r.layer * 1e6, "attn_gflops": r.attn_flops / 1e9, "step_us": r.step * 1e6,
+            "sample_us": r.sample * 1e6,
+            "matmul_gws": {f"{t.name} {rows}x{cols}": v / 1e9 for (t, rows, cols), v in r.matmul.items()}}
+
+
 def plan_json(p: Plan) -> dict[str, Any]:
+    cpu, gpu = p.speeds.cpu, p.speeds.gpu
     return {
         "model": p.shape.name, "n_layer": p.shape.n_layer, "n_ctx": p.n_ctx, "auto": p.auto, "auto_note": p.auto_note,
-        "speeds": {"cpu_bw_gbs": p.speeds.cpu.bandwidth / 1e9, "gpu_bw_gbs": p.speeds.gpu.bandwidth / 1e9,
-                   "cpu_source": p.speeds.cpu.source, "gpu_source": p.speeds.gpu.source,
-                   "cpu_by_type_gbs": {t.name: v / 1e9 for t, v in p.speeds.cpu.by_type.items()},
-                   "cpu_gflops": p.speeds.cpu.flops / 1e9, "cpu_layer_us": p.speeds.cpu.layer_overhead * 1e6},
+        "speeds": {"cpu_bw_gbs": cpu.bandwidth / 1e9, "gpu_bw_gbs": gpu.bandwidth / 1e9,
+                   "cpu_source": cpu.source, "gpu_source": gpu.source, "cpu_threads": cpu.threads,
+                   "cpu_other_load": cpu.other_load,
+                   "cpu_by_type_gbs": {t.name: v / 1e9 for t, v in cpu.by_type.items()},
+                   "cpu_gflops": cpu.flops / 1e9, "cpu_layer_us": cpu.layer_overhead * 1e6,
+                   "cpu_decode": _rates_json(cpu.decode), "cpu_prompt": _rates_json(cpu.prompt),
+                   "gpu_gflops": gpu.flops / 1e9, "gpu_layer_us": gpu.layer_overhead * 1e6},
         "rows": [{"ngl": r.n, "vram_bytes": list(r.vram), "ram_bytes": r.ram, "fits": r.fits,
-                  "tg_tps": r.prediction.tg, "pp_tps": r.prediction.pp} for r in p.rows],
+                  "tg_tps": r.prediction.tg, "pp_tps": r.prediction.pp, "tg_sampled_tps": r.prediction.tg_sampled}
+                 for r in p.rows],
     }
 
 
@@ -243,9 +293,11 @@ def model_shape(model: Path, type_name: str | None) -> ModelShape:
     return shape_from_gguf(model)
 
 
-def machine_speeds(m: ModelShape, *, cpu_bw: float | None, gpu_bw: float | None, probe: bool) -> Speeds:
-    """--cpu-bw / --gpu-bw (GB/s) when given; else a probe of the hardware present (the CPU always, CUDA
-    when there is one); else the defaults of costmodel.py."""
+def machine_speeds(m: ModelShape, *, cpu_bw: float | None, gpu_bw: float | None, probe: bool,
+                   n_threads: int | None = None, n_threads_batch: int | None = None) -> Speeds:
+    """--cpu-bw / --gpu-bw (GB/s) when given; else a probe of the hardware present (the CPU always, at
+    n_threads for decode and n_threads_batch for prompts, default the physical cores as the engine;
+    CUDA when there is one); else the defaults of costmodel.py."""
     import torch
 
     from .costmodel import DEFAULT_CPU, DEFAULT_GPU, DeviceSpeed
@@ -254,19 +306,40 @@ def machine_speeds(m: ModelShape, *, cpu_bw: float | None, gpu_bw: float | None,
     types = {t for t, shape in m.tensors.values() if len(shape) == 2}
     block = {k: m.tensors[f"blk.0.{k}.weight"][0] for k in BLOCK_TENSORS if "norm" not in k}
 
-    def speed(given: float | None, default: DeviceSpeed, device: str | None, flag: str) -> DeviceSpeed:
-        if given is not None:
-            if given <= 0:
-                raise InputError(f"{flag} {given}: give a bandwidth in GB/s > 0")
-            return DeviceSpeed(given * 1e9, default.flops, default.layer_overhead, source=flag)
-        if probe and device is not None:
+    def given_speed(given: float, default: DeviceSpeed, flag: str) -> DeviceSpeed:
+        if given <= 0:
+            raise InputError(f"{flag} {given}: give a bandwidth in GB/s > 0")
+        return DeviceSpeed(given * 1e9, default.flops, default.layer_overhead, source=flag)
+
+    def cpu_speed() -> DeviceSpeed:
+        if cpu_bw is not None:
+            return given_speed(cpu_bw, DEFAULT_CPU, "--cpu-bw")
+        if not probe:
+            return DEFAULT_CPU
+        from .generate import FUSED_UBATCH
+        from .probe_native import native_ok, probe_native
+        from .threads import physical_cores
+
+        t = n_threads or physical_cores()
+        tb = n_threads_batch or t
+        shape = engine_shape(m)
+        if native_ok(shape):  # the engine's path: fused native blocks
+            return probe_native(shape, t, tb, FUSED_UBATCH)
+        from .probe import probe_device
+
+        torch.set_num_threads(t)
+        return probe_device(torch.device("cpu"), types, block, n_in=m.n_embd)
+
+    def gpu_speed() -> DeviceSpeed:
+        if gpu_bw is not None:
+            return given_speed(gpu_bw, DEFAULT_GPU, "--gpu-bw")
+        if probe and cuda_reason() is None:
             from .probe import probe_device
 
-            return probe_device(torch.device(device), types, block, n_in=m.n_embd)
-        return default
+            return probe_device(torch.device("cuda:0"), types, block, n_in=m.n_embd)
+        return DEFAULT_GPU
 
-    cuda = "cuda:0" if cuda_reason() is None else None
-    return Speeds(cpu=speed(cpu_bw, DEFAULT_CPU, "cpu", "--cpu-bw"), gpu=speed(gpu_bw, DEFAULT_GPU, cuda, "--gpu-bw"))
+    return Speeds(cpu=cpu_speed(), gpu=gpu_speed())
 
 
 def plan_lines(p: Plan, rows: Sequence[int] | None = None) -> list[str]:
@@ -286,7 +359,26 @@ def plan_lines(p: Plan, rows: Sequence[int] | None = None) -> list[str]:
     out = [f"plan: {p.shape.name}, {p.shape.n_layer} layers + output, n_ctx {p.n_ctx}", fmt(head),
            "| " + " | ".join("-" * (w - 1) + ":" for w in widths) + " |", *map(fmt, body), p.auto_note]
     for label, d in (("CPU", p.speeds.cpu), ("GPU", p.speeds.gpu)):
-        per = ", ".join(f"{t.name} {v / 1e9:.2f}" for t, v in d.by_type.items())
-        out.append(f"{label}: {d.bandwidth / 1e9:.2f} GB/s effective ({d.source}{'; ' + per if per else ''}), "
-                   f"{d.flops / 1e9:.0f} GFLOP/s, {d.layer_overhead * 1e6:.0f} us per layer")
+        out.extend(speed_lines(label, d))
     return out
+
+
+def speed_lines(label: str, d: DeviceSpeed) -> list[str]:
+    """What the predictions assume of a device: the generic line, or the measured engine rates."""
+    if d.decode is None or d.prompt is None:
+        per = ", ".join(f"{t.name} {v / 1e9:.2f}" for t, v in d.by_type.items())
+        return [f"{label}: {d.bandwidth / 1e9:.2f} GB/s effective ({d.source}{'; ' + per if per else ''}), "
+                f"{d.flops / 1e9:.0f} GFLOP/s, {d.layer_overhead * 1e6:.0f} us per layer"]
+    busy = f", other processes kept {d.other_load:.1f} cores busy" if d.other_load and d.other_load > 0.25 else ""
+    lines = [f"{label} ({d.source}, {d.threads} thread{'s' if d.threads != 1 else ''}{busy}): "
+             + ", ".join(f"{t.name} {v / 1e9:.1f} GB/s" for t, v in sorted(d.by_type.items()))]
+    for name, r in (("decode", d.decode), (f"prompt ({d.prompt.rows}-token steps)", d.prompt)):
+        by: dict[str, list[float]] = {}
+        for (t, _, _), v in r.matmul.items():
+            by.setdefault(t.name, []).append(v / 1e9)
+        rates = ", ".join(f"{t} {min(v):.0f}-{max(v):.0f}" if max(v) - min(v) >= 1 else f"{t} {v[0]:.0f}"
+                          for t, v in sorted(by.items()))
+        lines.append(f"  {name}: matmuls {rates} Gweights/s; {r.layer * 1e6:.0f} us per block + attention at "
+                     f"{r.attn_flops / 1e9:.0f} GFLOP/s; {r.step * 1e6:.0f} us per step"
+                     + (f"; sampling {r.sample * 1e6:.0f} us per token (not in tg)" if r.sample else ""))
+    return lines

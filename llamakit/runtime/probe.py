@@ -1,4 +1,6 @@
-"""Short probes of this machine's effective speeds for the planner's cost model (costmodel.py).
+"""Short probes of a device's effective speeds for the planner's cost model (costmodel.py), in its generic
+form: a CUDA device, and the CPU when the native kernels are not there (the torch engine). With the native
+kernels the CPU's engine is measured by runtime/probe_native.py instead.
 
 Each probe runs the kernels the engine would run, so what it measures includes their real cost:
   bandwidth per ggml type: packed bytes / time of one linear (T = 1) over a matrix of ~`probe_bytes`
@@ -7,7 +9,7 @@ Each probe runs the kernels the engine would run, so what it measures includes t
       common type): the prompt path as the engine runs it (dequantize + GEMM, or the native int8 path);
   per-layer overhead: one token through a tiny block (n_embd 256) of the model's types, whose weights
       are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches). On
-      the CPU with the torch kernels: an approximation of the native fused blocks' (smaller) overhead.
+      the CPU: the torch kernels' blocks.
 CUDA timings synchronize before reading the clock. A probe takes well under a second per type on a CPU.
 """
 
