@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llamakit.gguf import GGMLType, GGUFReader, GGUFValueType, GGUFWriter
+from llamakit.gguf import GGMLType, GGUFReader
 from llamakit.kernels.quantizers import NativeBuildError, load_quantizer
 from llamakit.quantize import quantize_file
+
+from .test_quantize_cli import _tiny_model
 
 try:
     load_quantizer()
@@ -41,17 +43,7 @@ def _model(path: Path, dtype: type) -> None:
         "blk.0.ffn_down.weight": _edge_matrix(6, 512, 4, dtype),
         "blk.0.ffn_up.weight": _edge_matrix(6, 512, 5, dtype),
     }
-    with GGUFWriter(path) as w:
-        w.add("general.architecture", "llama", GGUFValueType.STRING)
-        w.add("llama.block_count", 1, GGUFValueType.UINT32)
-        w.add("llama.attention.head_count", 2, GGUFValueType.UINT32)
-        w.add("llama.attention.head_count_kv", 2, GGUFValueType.UINT32)
-        for name, a in weights.items():
-            w.add_tensor_info(name, a.shape, GGMLType.F32 if a.dtype == np.float32 else GGMLType.F16)
-        w.write_header()
-        for name, a in weights.items():
-            w.write_tensor(name, a)
-
+    _tiny_model(path, weights)  # head_count_kv defaults to head_count (2), as in llama.cpp
 
 FALLBACKS = {  # the type of blk.0.attn_q.weight (576 wide) and of blk.0.ffn_up.weight (512 wide)
     "Q2_K": (GGMLType.IQ4_NL, GGMLType.Q2_K),
