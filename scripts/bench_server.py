@@ -1,5 +1,6 @@
 """Server throughput: one stream vs 4 concurrent streams against `llamakit serve -np 4` (loopback only), and the
-same against llama-cpp-python's server (`python -m llama_cpp.server`, one request at a time) in the same run.
+same against llama-cpp-python's server (`python -m llama_cpp.server --interrupt_requests False`: one request at a time; by default a new request
+cuts the running stream short) in the same run.
 
     python scripts/bench_server.py [-m MODEL ...] [-n 32] [--streams 4] [--rounds 1] [-t THREADS]
 
@@ -21,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -62,18 +64,27 @@ def wait_up(port: int, proc: subprocess.Popen, path: str, timeout: float = 600) 
 
 
 def one_stream(port: int, n: int, eos: int, prompt: str) -> tuple[float, float, int]:
-    """(seconds to the first token, total seconds, tokens) of one streamed completion."""
-    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True, "logit_bias": {str(eos): -100},
-            "logprobs": 0}  # an event for every token, even one without text (random-weight models)
+    """(seconds to the first event, total seconds, tokens generated) of one streamed completion. A stream counts
+    its n tokens only when it ends with finish_reason "length" (EOS is banned, so it ran to max_tokens); one that a
+    server cut short counts its events, so a refused or interrupted request cannot inflate the aggregate. No
+    logprobs are asked for: llama-cpp-python computes them in Python and runs 6x slower with them."""
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True, "logit_bias": {str(eos): -100}}
     t0 = time.perf_counter()
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=1800)
     c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     r = c.getresponse()
-    ttft = None
-    for line in r:  # the first event is the first token (random-weight models' tokens may have no text)
-        if line.startswith(b"data: ") and ttft is None:
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:200]!r}")
+    ttft, events, finish = None, 0, None
+    for line in r:
+        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+            continue
+        if ttft is None:
             ttft = time.perf_counter() - t0
-    return ttft or float("nan"), time.perf_counter() - t0, n
+        for ch in json.loads(line[6:]).get("choices", []):
+            events += 1
+            finish = ch.get("finish_reason") or finish
+    return ttft or float("nan"), time.perf_counter() - t0, n if finish == "length" else events
 
 
 def measure(port: int, n: int, streams: int, rounds: int, eos: int) -> dict[str, float]:
@@ -91,6 +102,8 @@ def measure(port: int, n: int, streams: int, rounds: int, eos: int) -> dict[str,
         for t in threads:
             t.join()
         agg.append(sum(k for _, _, k in results) / (time.perf_counter() - t0))
+        if len(results) != streams or any(k != n for _, _, k in results):
+            print(f"  warning: round {r}: tokens per stream {[k for _, _, k in results]}, expected {n}")
         ttfts += [t for t, _, _ in results]
     s, a = statistics.median(single), statistics.median(agg)
     return {"single": s, "aggregate": a, "ratio": a / s, "ttft": statistics.median(ttfts)}
@@ -98,10 +111,15 @@ def measure(port: int, n: int, streams: int, rounds: int, eos: int) -> dict[str,
 
 def run_server(cmd: list[str], port: int, health: str, args: argparse.Namespace, eos: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         wait_up(port, proc, health)
         return measure(port, args.n, args.streams, args.rounds, eos)
+    except Exception:
+        log.seek(0)
+        print(f"server {cmd[2]} failed; the last of its output:\n{log.read()[-3000:].decode(errors='replace')}")
+        raise
     finally:
         proc.terminate()
         try:
@@ -145,7 +163,7 @@ def main() -> None:
         if have_lcpp:
             port = free_port()
             cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
-                   "--n_ctx", "512", *(["--n_threads", str(args.threads)] if args.threads else [])]
+                   "--n_ctx", "512", "--interrupt_requests", "False", *(["--n_threads", str(args.threads)] if args.threads else [])]
             rows.append(("llama-cpp-python", run_server(cmd, port, "/v1/models", args, eos)))
         for name, r in rows:
             print(f"| {model.name} | {name} | {r['single']:.2f} | {r['aggregate']:.2f} | {r['ratio']:.2f}x | "

@@ -17,7 +17,7 @@ static const lk_format *find_format(int type) {
 }
 
 LK_API const char *lk_variant(void) { return LK_SIMD; }
-LK_API int lk_abi_version(void) { return 2; }
+LK_API int lk_abi_version(void) { return 3; }
 LK_API int lk_supports(int type) { return find_format(type) != NULL; }
 
 static int check(const lk_format *f, int64_t rows, int64_t cols) {

@@ -33,7 +33,7 @@ from ...gguf.constants import GGML_BLOCK, GGMLType
 from . import build
 
 HERE = Path(__file__).resolve().parent
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -57,6 +57,7 @@ class NativeLibrary:
             "lk_matmul": (ctypes.c_int, [ctypes.c_int, _I64, _I64, _P, _I64, _P, _P, _I64]),
             "lk_get_rows": (ctypes.c_int, [ctypes.c_int, _I64, _I64, _P, _I64, _P, _P]),
             "lk_quantize_act": (ctypes.c_int, [ctypes.c_int, _I64, _I64, _P, _P]),
+            "lk_parallel_selftest": (_I64, [_I64]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(dll, name)

@@ -34,7 +34,7 @@ extern "C" {
 
 /* ---- the library ---------------------------------------------------------------------------------- */
 LK_API const char *lk_variant(void);       /* "scalar", "avx2", "avx512": what this object was built for */
-LK_API int lk_abi_version(void);           /* bumped when this header changes (2: lk_supports, lk_quantize_act) */
+LK_API int lk_abi_version(void);           /* bumped when this header changes (2: lk_supports, lk_quantize_act; 3: lk_parallel_selftest) */
 LK_API int lk_supports(int type);          /* 1 if lk_prepare/lk_matmul/lk_get_rows implement `type` */
 
 /* ---- threads: one pool per process, used by every parallel kernel -------------------------------- */
@@ -44,6 +44,8 @@ LK_API int lk_get_threads(void);
  * spin briefly, then sleep, so an idle pool costs no CPU. Not re-entrant: fn must not call lk_parallel. */
 typedef void (*lk_task_fn)(void *ctx, int i, int n_tasks);
 LK_API void lk_parallel(lk_task_fn fn, void *ctx, int n_tasks);
+/* Run `jobs` small jobs through lk_parallel and return how many hand-off violations were seen (0 = sound). */
+LK_API int64_t lk_parallel_selftest(int64_t jobs);
 
 /* ---- weights -------------------------------------------------------------------------------------- */
 /* The prepared form (k_internal.h): rows in groups of 16 (the last padded with zero rows), each group's
