@@ -154,7 +154,8 @@ LK_API void lk_parallel(lk_task_fn fn, void *ctx, int n_tasks) {
  * Runs `jobs` jobs of alternating task counts, each with its context on this stack frame, and counts
  * violations: a task run twice or not at all, a task that sees another job's context or task count, and
  * a task still running after lk_parallel returned (it would find `closed` set, or bump the next job's
- * counts). A pool that lets a late worker claim a task of a finished job fails this within ~1e5 jobs. */
+ * counts); then one job of more than 65535 tasks (run as chunks). A pool that lets a late worker claim a
+ * task of a finished job fails this within ~1e5 jobs. */
 typedef struct {
     atomic_int hits[16];
     atomic_int closed;
@@ -166,6 +167,20 @@ static atomic_long st_errors;
 static void st_task(void *p, int i, int n_tasks) {
     st_ctx *c = p;
     if (atomic_load(&c->closed) || n_tasks != c->n || i < 0 || i >= c->n) {
+        atomic_fetch_add(&st_errors, 1);
+        return;
+    }
+    atomic_fetch_add(&c->hits[i], 1);
+}
+
+typedef struct {
+    atomic_int *hits;
+    int n;
+} big_ctx;
+
+static void big_task(void *p, int i, int n_tasks) {
+    big_ctx *c = p;
+    if (n_tasks != c->n || i < 0 || i >= c->n) {
         atomic_fetch_add(&st_errors, 1);
         return;
     }
@@ -184,5 +199,13 @@ LK_API int64_t lk_parallel_selftest(int64_t jobs) {
         for (int i = 0; i < c.n; i++)
             if (atomic_load(&c.hits[i]) != 1) atomic_fetch_add(&st_errors, 1);
     }
+    /* one job of more than LK_CHUNK tasks: it runs as chunks, and fn still sees indices 0..n-1 and n */
+    enum { BIG = 2 * LK_CHUNK + 7 };
+    big_ctx b = {calloc(BIG, sizeof(atomic_int)), BIG};
+    if (!b.hits) return -1;
+    lk_parallel(big_task, &b, BIG);
+    for (int i = 0; i < BIG; i++)
+        if (atomic_load(&b.hits[i]) != 1) atomic_fetch_add(&st_errors, 1);
+    free(b.hits);
     return atomic_load(&st_errors);
 }
