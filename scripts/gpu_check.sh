@@ -60,4 +60,16 @@ for line in open(sys.argv[3]):
     print(f"| {Path(sys.argv[1]).name} | {ngl} | {test} | {pred:.1f} | {tps:.1f} | {100 * (pred - tps) / tps:+.0f}% |")
 PY
 done
+
+if [[ $FAKE == 0 && ${#MODELS[@]} -gt 1 ]]; then
+  # the 50%-of-HBM-bound target (1.1B Q4_0, every layer on the GPU), with CUDA graphs and without
+  m="${MODELS[1]}"
+  say "HBM bound: $(basename "$m"), graphs on / off"
+  for g in 1 0; do
+    LLAMAKIT_CUDA_GRAPHS=$g timeout 120 "${LK[@]}" bench -m "$m" -p 0 -n 128 -r 3 -ngl 999 > "$OUT/bench-g$g.md" \
+      || say "bench (graphs=$g) failed"
+  done
+  timeout 120 python scripts/hbm_bound.py "$m" "$OUT/bench-g1.md" "$OUT/bench-g0.md" --names "graphs on,graphs off" \
+    || say "HBM bound check failed"
+fi
 say "done"

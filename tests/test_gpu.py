@@ -97,3 +97,25 @@ def test_triton_on_device_is_exact(name: str) -> None:
     x = torch.randn(7, 1024, generator=g)
     y = k.linear(x.cuda(), wd, 1024).cpu()
     assert bool(((y - x @ exact.T).abs() <= 1e-5 * (x.abs() @ exact.abs().T)).all())
+
+
+def test_decode_replays_cuda_graphs(smollm2_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every block on the GPU: single-token steps replay CUDA graphs (one per 256/512-slot window), with
+    the logits of the eager forward fed the same tokens (tolerance as above)."""
+    steps = 300  # positions 12..311: crosses from the 256-slot window to the 512-slot one
+    with load_model(smollm2_gguf, options=PlacementOptions(gpu_layers=31), n_ctx=512) as lm:
+        ref = Context(lm, 512, graphs=False)
+        want = [ref.decode(PROMPT)]
+        toks = []
+        for _ in range(steps):
+            toks.append(int(want[-1][-1].argmax()))
+            want.append(ref.decode([toks[-1]]))
+        del ref
+        ctx = Context(lm, 512)
+        assert [(a, s.end) for a, s in ctx.segments.items()] == [(0, 30)]
+        got = [ctx.decode(PROMPT)] + [ctx.decode([t]) for t in toks]
+        seg = ctx.segments[0]
+        assert (seg.replays, seg.eager_steps, len(seg.graphs)) == (steps, 0, 2)
+    assert "graph capture failed" not in capsys.readouterr().err
+    for g, w in zip(got, want):
+        assert float((g - w).abs().max()) <= 2e-3 * float(w.abs().max()) + 1e-3

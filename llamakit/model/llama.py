@@ -16,12 +16,18 @@ context) indexed by the positions.
 `forward(..., fused=)` is the hook for a runtime that runs whole blocks natively: entry i, when not None,
 is called as fused[i](x, pos32, seq32, cos_table, sin_table) and updates x (float32 (T, n_embd),
 contiguous) in place instead of block i's torch code.
+
+`forward(..., segments=)` is the hook for a runtime that replays several blocks at once (CUDA graphs):
+segments[i], when present, is called as seg(x, batch) before block i and returns x after blocks
+[i, seg.end), or None to decline (then block i runs as usual). `Block.step` is the form such a runtime
+captures: one token of one sequence, with shapes that do not depend on the position.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +39,14 @@ from .layers import QuantEmbedding, QuantLinear
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
 FusedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class Segment(Protocol):
+    """Blocks [start, end) run by the caller's runtime (see the module docstring)."""
+
+    end: int
+
+    def __call__(self, x: torch.Tensor, batch: "Batch") -> torch.Tensor | None: ...
 
 
 @dataclass(frozen=True)
@@ -188,9 +202,35 @@ class Block(nn.Module):
             outs.append(F.scaled_dot_product_attention(qh, keys, vals, attn_mask=mask, is_causal=causal,
                                                        enable_gqa=True)[0].transpose(0, 1))
         a = outs[0] if len(outs) == 1 else torch.cat(outs)
-        x = x + self.attn_output(a.reshape(t, cfg.n_embd_q))
+        return self._finish(x, a.reshape(t, cfg.n_embd_q))
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The attention output projection, the residual and the feed-forward: x, a (T, n_embd[_q])."""
+        x = x + self.attn_output(a)
         h = self.ffn_norm(x)
         return x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
+
+    def step(self, x: torch.Tensor, rot: torch.Tensor, kv: KVPair, seq: int, pos: torch.Tensor,
+             slots: torch.Tensor) -> torch.Tensor:
+        """forward for one token of sequence `seq` with no shape, index or branch that depends on its
+        position, so that one CUDA graph replays every step up to len(slots) positions. x float32
+        (1, n_embd); rot complex64 (1, 1, n_rot/2); pos int64 (1,) on x's device; slots = arange(L) there.
+        The token attends over cache slots [0, L) masked to <= pos: slots past pos must hold finite values
+        (a masked weight is 0, and 0 * NaN is NaN), so a runtime using this zeroes its cache once."""
+        cfg = self.cfg
+        h = self.attn_norm(x)
+        q = _rope_complex(self.attn_q(h).view(1, cfg.n_head, cfg.head_dim), rot)
+        k = _rope_complex(self.attn_k(h).view(1, cfg.n_head_kv, cfg.head_dim), rot)
+        v = self.attn_v(h).view(1, cfg.n_head_kv, cfg.head_dim)
+        k_cache, v_cache = kv  # (n_seq, n_head_kv, n_ctx, hd)
+        k_cache[seq].index_copy_(1, pos, k.transpose(0, 1).to(k_cache.dtype))  # slot pos of every head
+        v_cache[seq].index_copy_(1, pos, v.transpose(0, 1).to(v_cache.dtype))
+        n = slots.shape[0]
+        keys = k_cache[seq, :, :n][None].to(q.dtype)  # (1, n_head_kv, L, hd)
+        vals = v_cache[seq, :, :n][None].to(q.dtype)
+        mask = (slots <= pos)[None, None, None, :]  # (1, 1, 1, L)
+        a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, vals, attn_mask=mask, enable_gqa=True)
+        return self._finish(x, a[0].transpose(0, 1).reshape(1, cfg.n_embd_q))
 
 
 class Llama(nn.Module):
@@ -212,17 +252,26 @@ class Llama(nn.Module):
 
     def forward(self, tokens: torch.Tensor, batch: Batch, kv: Sequence[KVPair],
                 rope: Mapping[torch.device, tuple[torch.Tensor, torch.Tensor]],
-                logits: str | torch.Tensor | None = "last", fused: Sequence[FusedFn | None] | None = None
-                ) -> torch.Tensor | None:
+                logits: str | torch.Tensor | None = "last", fused: Sequence[FusedFn | None] | None = None,
+                segments: Mapping[int, Segment] | None = None) -> torch.Tensor | None:
         """tokens int64 (T,) placed by `batch` -> float32 logits (n, n_vocab) for the rows `logits` picks:
         "last" (n = 1), "all" (n = T), an index tensor into [0, T), or None (no output layer at all: only
         the KV cache is filled). `rope`: per device, the context's cos/sin tables (n_ctx, n_rot/2)."""
         h = self.token_embd(tokens)
         rots: dict[torch.device, torch.Tensor] = {}
+        skip_to = 0
         for i, (blk, pair) in enumerate(zip(self.blk, kv)):
+            if i < skip_to:  # run by a segment
+                continue
             dev = blk.attn_norm.weight.device
             fn = fused[i] if fused is not None else None
             h = self.hop(h, i, dev)
+            seg = segments.get(i) if segments else None
+            if seg is not None:
+                out = seg(h, batch)
+                if out is not None:
+                    h, skip_to = out, seg.end
+                    continue
             if fn is not None:
                 h = h.contiguous()
                 pos32, seq32 = batch.int32()

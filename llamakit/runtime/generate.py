@@ -8,6 +8,7 @@ of the first (warmup) decode; counters are reset after the warmup.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ import torch
 
 from ..errors import InputError
 from ..model import Batch, Run, rope_tables
+from .decode_graph import DecodeGraph
 from .fused import fused_blocks
 from .kv_cache import KVCache
 from .loader import LoadedModel
+from .placement import graph_segments
 from .sampling import Sampler
 from .threads import Threads
 
@@ -69,12 +72,16 @@ class Context:
     Threads: `n_threads` for single-token decodes, `n_threads_batch` for prompt batches (llama.cpp's -t /
     -tb), applied to torch and to the native kernels' pool when they change (None: leave them as they are).
     `fused`: run blocks whose weights are all native through one native call each (None: when possible).
+    `graphs`: replay single-token decodes of GPU blocks from CUDA graphs (decode_graph.py). None: on CUDA
+    devices unless LLAMAKIT_CUDA_GRAPHS=0 (llama.cpp's GGML_CUDA_DISABLE_GRAPHS); True: also on any other
+    device, eagerly (tests); False: never.
     """
 
     def __init__(self, lm: LoadedModel, n_ctx: int, n_batch: int = 2048, n_ubatch: int = 512,
                  cache_dtype: torch.dtype = torch.float16, n_seq: int = 1, *,
                  cache_dtype_v: torch.dtype | None = None, n_threads: int | None = None,
-                 n_threads_batch: int | None = None, fused: bool | None = None) -> None:
+                 n_threads_batch: int | None = None, fused: bool | None = None,
+                 graphs: bool | None = None) -> None:
         self.lm, self.model, self.cfg = lm, lm.model, lm.config
         if n_ctx < 1:
             raise InputError(f"the context size must be at least 1 (got {n_ctx})")
@@ -97,6 +104,12 @@ class Context:
             raise InputError("fused blocks need every block weight on the native kernels (CPU, supported types)")
         # each fused block keeps a scratch sized for the largest batch it saw: cap the physical batch
         self._ubatch = min(self.n_ubatch, FUSED_UBATCH) if self.fused is not None else self.n_ubatch
+        self.segments: dict[int, DecodeGraph] = {}
+        if graphs is not False and (graphs or os.environ.get("LLAMAKIT_CUDA_GRAPHS", "1") != "0"):
+            eligible = [f is None for f in (self.fused or [None] * self.cfg.n_layer)]
+            for a, b in graph_segments(lm.placement, eligible, everywhere=bool(graphs)):
+                dev = lm.placement.blocks[a]
+                self.segments[a] = DecodeGraph(self.model, a, b, self.cache.layers, self.rope[dev], n_ctx)
 
     # -- positions ---------------------------------------------------------------------------------------
     @property
@@ -167,7 +180,7 @@ class Context:
                 sel = want[(want >= b) & (want < e)] - b
                 rows = sel if sel.numel() else None
             batch = Batch.single(s, self._past[s], e - b)
-            out = self.model(ids[b:e], batch, self.cache.layers, self.rope, rows, self.fused)
+            out = self.model(ids[b:e], batch, self.cache.layers, self.rope, rows, self.fused, self.segments)
             self._past[s] += e - b
             if out is not None:
                 outs.append(out)
@@ -202,7 +215,7 @@ class Context:
         self.threads.use(batch=i > 1)
         ids = torch.tensor([t for _, toks in items for t in toks], dtype=torch.long)
         last = torch.tensor([r.i1 - 1 for r in runs])
-        out = self.model(ids, Batch.of_runs(runs), self.cache.layers, self.rope, last, self.fused)
+        out = self.model(ids, Batch.of_runs(runs), self.cache.layers, self.rope, last, self.fused, self.segments)
         for r in runs:
             self._past[r.seq] = r.p1
         self._count(i, t0)

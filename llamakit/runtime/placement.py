@@ -311,3 +311,25 @@ class DeviceInfo:
     name: str = ""
     free: int = 0
     total: int = 0
+
+
+def graph_segments(placement: Placement, eligible: Sequence[bool], everywhere: bool = False
+                   ) -> list[tuple[int, int]]:
+    """Runs [start, end) of consecutive eligible blocks on one device whose single-token decode is replayed
+    from CUDA graphs (runtime/decode_graph.py): blocks on a CUDA device, or with `everywhere` (tests, the
+    CPU standing in for an accelerator) on any device. `eligible[i]`: block i runs torch code (not the
+    native fused path)."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    # a run stays on one device and in one slot (a CPU standing in for an accelerator is the host's device)
+    where = [(d, placement.slots[i] if placement.slots else 0) for i, d in enumerate(placement.blocks)]
+    for i, dev in enumerate(placement.blocks):
+        ok = eligible[i] and (everywhere or dev.type == "cuda")
+        if start is not None and (not ok or where[i] != where[start]):
+            runs.append((start, i))
+            start = None
+        if ok and start is None:
+            start = i
+    if start is not None:
+        runs.append((start, len(placement.blocks)))
+    return runs
