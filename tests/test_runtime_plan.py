@@ -76,6 +76,24 @@ def test_cost_model_arithmetic() -> None:
     attn2 = 4 * (1275 + 2500 + 1275) * 4000 / 100e9
     assert pp2.pp == pytest.approx(100 / (2 * (0.1 + 2 * 50 * 2e9 / 100e9 + 1e-3) + attn2 + 0.01 + 1e-3))
 
+    # decode replays CUDA graphs: a GPU block's one-token step costs graph_layer_overhead instead (the
+    # output layer, outside the graph, and prompt steps keep the eager figure)
+    graphed = Speeds(cpu=speeds.cpu, gpu=DeviceSpeed(100e9, 1e12, 1e-4, graph_layer_overhead=1e-5),
+                     link_bandwidth=1e20, link_latency=1e-3)
+    split_g = predict([blk, blk, out], [HOST, 0, 0], 1, graphed, kv_bytes=2, depth=99)
+    assert split_g.tg == pytest.approx(1 / (per_blk + gpu_blk - 1e-4 + 1e-5 + 0.001 + 1e-4 + 2e-3))
+    assert predict([blk, out], [0, 0], 1, graphed, n_ubatch=100).pp == \
+        pytest.approx(predict([blk, out], [0, 0], 1, speeds, n_ubatch=100).pp)
+
+
+def test_graph_step_overhead_probe_runs_here() -> None:
+    """The probe of a decode step as CUDA graphs replay it: on the CPU the same Block.step, eagerly."""
+    from llamakit.runtime.probe import layer_overhead
+
+    types = dict.fromkeys(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"),
+                          GGMLType.F32)
+    assert 0 < layer_overhead(types, torch.device("cpu"), graph=True) < 0.5
+
 
 def _rates(rows: int, rate: float, layer: float, attn: float, step: float, sample: float = 0.0) -> EngineRates:
     return EngineRates(rows, {(GGMLType.Q4_0, 1000, 2000): rate, (GGMLType.Q6_K, 500, 2000): rate / 2},

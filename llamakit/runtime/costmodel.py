@@ -4,7 +4,8 @@ Every device is described the same way (`DeviceSpeed`): the bytes its kernels st
 weight type, a flop rate, and a fixed cost per layer per step. A layer then costs, per step of T tokens,
     weights   sum over its tensors of  nbytes / bandwidth(type)   (+ 2 T params / flops when T > 1)
     attention max(KV bytes read / bandwidth, 4 slots n_embd_q / attention flop rate)
-    fixed     layer_overhead (+ token_overhead per token of the step)
+    fixed     layer_overhead (+ token_overhead per token of the step); a one-token step of a GPU block:
+              graph_layer_overhead where probed (decode replays CUDA graphs)
 plus, once per step, `step_overhead` (the host's Python, the embedding, the output norm); every boundary
 crossing adds a latency and n_embd float32 per token over the link. A step reads the cache once (up
 to its last position); its tokens attend to T p + T (T + 1) / 2 slots after p cached positions (a
@@ -63,6 +64,7 @@ class DeviceSpeed:
     prompt: EngineRates | None = None  # measured prompt steps
     threads: int | None = None  # what the rates were measured with (CPU)
     other_load: float | None = None  # cores other processes kept busy during the probe
+    graph_layer_overhead: float | None = None  # one-token steps replayed from CUDA graphs (None: as eager)
 
     def bw(self, t: GGMLType) -> float:
         return self.by_type.get(t, self.bandwidth)
@@ -138,6 +140,8 @@ def layer_step_s(layer: LayerCost, dev: DeviceSpeed, n_tokens: int, kv_len: int,
     flops = 4 * (n_tokens * p0 + n_tokens * (n_tokens + 1) // 2) * layer.n_embd_q
     attn = max(kv, flops / (rates.attn_flops if rates is not None else dev.flops))
     fixed = rates.layer if rates is not None else dev.layer_overhead
+    if rates is None and n_tokens == 1 and dev.graph_layer_overhead is not None:
+        fixed = dev.graph_layer_overhead  # decode_graph.py replays one-token steps of GPU blocks
     return w + attn + fixed
 
 

@@ -267,7 +267,8 @@ def plan_json(p: Plan) -> dict[str, Any]:
                    "cpu_by_type_gbs": {t.name: v / 1e9 for t, v in cpu.by_type.items()},
                    "cpu_gflops": cpu.flops / 1e9, "cpu_layer_us": cpu.layer_overhead * 1e6,
                    "cpu_decode": _rates_json(cpu.decode), "cpu_prompt": _rates_json(cpu.prompt),
-                   "gpu_gflops": gpu.flops / 1e9, "gpu_layer_us": gpu.layer_overhead * 1e6},
+                   "gpu_gflops": gpu.flops / 1e9, "gpu_layer_us": gpu.layer_overhead * 1e6,
+                   "gpu_graph_layer_us": None if gpu.graph_layer_overhead is None else gpu.graph_layer_overhead * 1e6},
         "rows": [{"ngl": r.n, "vram_bytes": list(r.vram), "ram_bytes": r.ram, "fits": r.fits,
                   "tg_tps": r.prediction.tg, "pp_tps": r.prediction.pp, "tg_sampled_tps": r.prediction.tg_sampled}
                  for r in p.rows],
@@ -368,7 +369,9 @@ def speed_lines(label: str, d: DeviceSpeed) -> list[str]:
     if d.decode is None or d.prompt is None:
         per = ", ".join(f"{t.name} {v / 1e9:.2f}" for t, v in d.by_type.items())
         return [f"{label}: {d.bandwidth / 1e9:.2f} GB/s effective ({d.source}{'; ' + per if per else ''}), "
-                f"{d.flops / 1e9:.0f} GFLOP/s, {d.layer_overhead * 1e6:.0f} us per layer"]
+                f"{d.flops / 1e9:.0f} GFLOP/s, {d.layer_overhead * 1e6:.0f} us per layer"
+                + (f" ({d.graph_layer_overhead * 1e6:.0f} us in a decode CUDA graph)"
+                   if d.graph_layer_overhead is not None else "")]
     busy = f", other processes kept {d.other_load:.1f} cores busy" if d.other_load and d.other_load > 0.25 else ""
     lines = [f"{label} ({d.source}, {d.threads} thread{'s' if d.threads != 1 else ''}{busy}): "
              + ", ".join(f"{t.name} {v / 1e9:.1f} GB/s" for t, v in sorted(d.by_type.items()))]

@@ -9,12 +9,14 @@ Each probe runs the kernels the engine would run, so what it measures includes t
       common type): the prompt path as the engine runs it (dequantize + GEMM, or the native int8 path);
   per-layer overhead: one token through a tiny block (n_embd 256) of the model's types, whose weights
       are too small to matter: what a layer costs besides its bytes (torch op dispatch, launches). On
-      the CPU: the torch kernels' blocks.
+      the CPU: the torch kernels' blocks. On CUDA also the one-token step replayed from a CUDA graph, as
+      decode runs it (`graph_layer_overhead`, used for generation; prompts keep the eager figure).
 CUDA timings synchronize before reading the clock. A probe takes well under a second per type on a CPU.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -90,8 +92,10 @@ def flop_rate(t: GGMLType, device: torch.device, n_in: int = 2048, rows: int = 1
     return 2 * batch * rows * n_in / _time(lambda: k.linear(x, w, n_in), device, reps=3)
 
 
-def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
-    """Seconds one token spends in a block besides moving its weights (a block of n_embd 256)."""
+def layer_overhead(types: dict[str, GGMLType], device: torch.device, graph: bool = False) -> float:
+    """Seconds one token spends in a block besides moving its weights (a block of n_embd 256). graph: the
+    one-token step as decode runs it on CUDA (runtime/decode_graph.py: `Block.step` replayed from a CUDA
+    graph; elsewhere the same step, eagerly), instead of the ordinary forward (prompts, batches)."""
     cfg = LlamaConfig(n_vocab=256, n_embd=256, n_layer=1, n_head=4, n_head_kv=4, n_ff=512, head_dim=64, n_rot=64,
                       norm_eps=1e-5, rope_freq_base=10000.0, rope_freq_scale=1.0, n_ctx_train=64, tied_output=True,
                       has_rope_freqs=False)
@@ -122,8 +126,28 @@ def layer_overhead(types: dict[str, GGMLType], device: torch.device) -> float:
     batch = Batch.single(0, 8, 1)
     x = torch.randn(1, 256, device=device)
     with torch.inference_mode():
+        step: Callable[[], object] = lambda: blk(x, rot, kv, batch)  # noqa: E731
+        if graph:
+            pos, slots = torch.tensor([8], device=device), torch.arange(64, device=device)
+            step = lambda: blk.step(x, rot, kv, 0, pos, slots)  # noqa: E731
+            if device.type == "cuda":
+                step = _graphed(step, device)
         # the fastest of 25: other processes only ever add time to a sub-millisecond call
-        return _time(lambda: blk(x, rot, kv, batch), device, reps=25, pick=min)
+        return _time(step, device, reps=25, pick=min)
+
+
+def _graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """fn captured as a CUDA graph (after a warm-up on a side stream), as decode_graph.py does."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
 
 
 def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: dict[str, GGMLType],
@@ -139,4 +163,11 @@ def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: d
         main = max(block_types.values(), key=list(block_types.values()).count)  # the blocks' usual type
         flops = flop_rate(main, device, n_in)
     bw = statistics.median(by_type.values()) if by_type else 0.0
-    return DeviceSpeed(bandwidth=bw, flops=flops, layer_overhead=over, by_type=by_type, source="probe")
+    graph_over = None
+    if device.type == "cuda" and os.environ.get("LLAMAKIT_CUDA_GRAPHS", "1") != "0":
+        try:
+            graph_over = layer_overhead(block_types, device, graph=True)
+        except Exception:  # noqa: BLE001 - decode falls back to eager steps too (decode_graph.py)
+            graph_over = None
+    return DeviceSpeed(bandwidth=bw, flops=flops, layer_overhead=over, by_type=by_type, source="probe",
+                       graph_layer_overhead=graph_over)
