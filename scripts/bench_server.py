@@ -1,6 +1,6 @@
 """Server throughput: one stream vs 4 concurrent streams against `llamakit serve -np 4` (loopback only), and the
-same against llama-cpp-python's server (`python -m llama_cpp.server --interrupt_requests False`: one request at a time; by default a new request
-cuts the running stream short) in the same run.
+same against llama-cpp-python's server (`python -m llama_cpp.server --interrupt_requests False`: one request
+at a time; by default a new request cuts the running stream short) in the same run.
 
     python scripts/bench_server.py [-m MODEL ...] [-n 32] [--streams 4] [--rounds 1] [-t THREADS]
 
@@ -82,8 +82,8 @@ def one_stream(port: int, n: int, eos: int, prompt: str) -> tuple[float, float, 
         if ttft is None:
             ttft = time.perf_counter() - t0
         for ch in json.loads(line[6:]).get("choices", []):
-            events += 1
             finish = ch.get("finish_reason") or finish
+            events += ch.get("finish_reason") is None  # the closing event carries no token
     return ttft or float("nan"), time.perf_counter() - t0, n if finish == "length" else events
 
 
@@ -93,6 +93,8 @@ def measure(port: int, n: int, streams: int, rounds: int, eos: int) -> dict[str,
     for r in range(rounds):
         _, dt, k = one_stream(port, n, eos, f"Round {r}: once upon a time")
         single.append(k / dt)
+        if k != n:
+            print(f"  warning: round {r}: the single stream got {k} tokens, expected {n}")
         results: list[tuple[float, float, int]] = []
         threads = [threading.Thread(target=lambda i=i: results.append(
             one_stream(port, n, eos, f"Stream {i} of round {r}: once upon a time"))) for i in range(streams)]
@@ -126,6 +128,7 @@ def run_server(cmd: list[str], port: int, health: str, args: argparse.Namespace,
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def main() -> None:
@@ -163,7 +166,8 @@ def main() -> None:
         if have_lcpp:
             port = free_port()
             cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
-                   "--n_ctx", "512", "--interrupt_requests", "False", *(["--n_threads", str(args.threads)] if args.threads else [])]
+                   "--n_ctx", "512", "--interrupt_requests", "False",
+                   *(["--n_threads", str(args.threads)] if args.threads else [])]
             rows.append(("llama-cpp-python", run_server(cmd, port, "/v1/models", args, eos)))
         for name, r in rows:
             print(f"| {model.name} | {name} | {r['single']:.2f} | {r['aggregate']:.2f} | {r['ratio']:.2f}x | "

@@ -5,8 +5,8 @@ more `llamakit bench` tables of the same model.
 
 Bytes one generated token reads: every tensor of the file but the token embedding (one row of it is
 gathered), plus the f16 K and V of every layer up to the mean position of the tg run. Bandwidth: a 2 GiB
-device-to-device copy (read + write), the same probe as `nvidia-smi`-less peak figures; on the CPU it gives
-the DRAM copy rate. Prints the bound and each table's tg figure as a share of it.
+device-to-device copy, counting its reads and writes (an achieved figure, below the data-sheet peak); on the
+CPU it gives the DRAM copy rate. Prints the bound and each table's tg figure as a share of it.
 """
 
 from __future__ import annotations

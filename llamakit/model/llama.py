@@ -178,10 +178,7 @@ class Block(nn.Module):
         """x float32 (T, n_embd), rot complex64 (T, 1, n_rot/2) (the tokens' RoPE) -> (T, n_embd)."""
         cfg = self.cfg
         t = x.shape[0]
-        h = self.attn_norm(x)
-        q = _rope_complex(self.attn_q(h).view(t, cfg.n_head, cfg.head_dim), rot)
-        k = _rope_complex(self.attn_k(h).view(t, cfg.n_head_kv, cfg.head_dim), rot)
-        v = self.attn_v(h).view(t, cfg.n_head_kv, cfg.head_dim)
+        q, k, v = self._qkv(x, rot)
         k_cache, v_cache = kv  # (n_seq, n_head_kv, n_ctx, hd)
         runs = batch.runs
         if len(runs) == 1:  # one sequence, consecutive positions: slice stores
@@ -204,6 +201,14 @@ class Block(nn.Module):
         a = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self._finish(x, a.reshape(t, cfg.n_embd_q))
 
+    def _qkv(self, x: torch.Tensor, rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The normed projections, q and k rotated: (T, n_head, hd), (T, n_head_kv, hd) x 2."""
+        cfg, t = self.cfg, x.shape[0]
+        h = self.attn_norm(x)
+        q = _rope_complex(self.attn_q(h).view(t, cfg.n_head, cfg.head_dim), rot)
+        k = _rope_complex(self.attn_k(h).view(t, cfg.n_head_kv, cfg.head_dim), rot)
+        return q, k, self.attn_v(h).view(t, cfg.n_head_kv, cfg.head_dim)
+
     def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The attention output projection, the residual and the feed-forward: x, a (T, n_embd[_q])."""
         x = x + self.attn_output(a)
@@ -218,10 +223,7 @@ class Block(nn.Module):
         The token attends over cache slots [0, L) masked to <= pos: slots past pos must hold finite values
         (a masked weight is 0, and 0 * NaN is NaN), so a runtime using this zeroes its cache once."""
         cfg = self.cfg
-        h = self.attn_norm(x)
-        q = _rope_complex(self.attn_q(h).view(1, cfg.n_head, cfg.head_dim), rot)
-        k = _rope_complex(self.attn_k(h).view(1, cfg.n_head_kv, cfg.head_dim), rot)
-        v = self.attn_v(h).view(1, cfg.n_head_kv, cfg.head_dim)
+        q, k, v = self._qkv(x, rot)
         k_cache, v_cache = kv  # (n_seq, n_head_kv, n_ctx, hd)
         k_cache[seq].index_copy_(1, pos, k.transpose(0, 1).to(k_cache.dtype))  # slot pos of every head
         v_cache[seq].index_copy_(1, pos, v.transpose(0, 1).to(v_cache.dtype))

@@ -22,15 +22,40 @@ segment zeroes its blocks' KV cache once, when it is built (torch.empty's bytes 
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
 from ..model import Llama
 from ..model.llama import Batch, KVPair
 
+T = TypeVar("T")
+
 MIN_SLOTS = 256
+
+
+def graphs_enabled() -> bool:
+    """False when LLAMAKIT_CUDA_GRAPHS=0 (llama.cpp: GGML_CUDA_DISABLE_GRAPHS=1)."""
+    return os.environ.get("LLAMAKIT_CUDA_GRAPHS", "1") != "0"
+
+
+def capture(fn: Callable[[], T], device: torch.device, pool: object | None = None) -> tuple[object, T]:
+    """fn() captured as a CUDA graph, after two warm-up calls on a side stream (Triton compiles, cuBLAS
+    picks its kernels); returns the graph and fn's output, which lives in the graph's memory and is
+    rewritten by every replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
 
 
 def slots_for(pos: int, n_ctx: int, min_slots: int = MIN_SLOTS) -> int:
@@ -71,20 +96,10 @@ class DecodeGraph:
         return h
 
     def _capture(self, seq: int, n: int) -> tuple[object, torch.Tensor]:
-        # warm up on a side stream (Triton compiles, cuBLAS picks its kernels), then capture; the warm-up
-        # steps write this step's own K/V at this step's position, which the replay writes again
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(seq, n)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+        # the warm-up steps write this step's own K/V at this step's position, which the replay writes again
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._run(seq, n)
-        return graph, out
+        return capture(lambda: self._run(seq, n), self.device, self._pool)
 
     def __call__(self, x: torch.Tensor, batch: Batch) -> torch.Tensor | None:
         if len(batch.runs) != 1 or batch.n_tokens != 1:

@@ -8,7 +8,6 @@ of the first (warmup) decode; counters are reset after the warmup.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..model import Batch, Run, rope_tables
-from .decode_graph import DecodeGraph
+from .decode_graph import DecodeGraph, graphs_enabled
 from .fused import fused_blocks
 from .kv_cache import KVCache
 from .loader import LoadedModel
@@ -105,7 +104,7 @@ class Context:
         # each fused block keeps a scratch sized for the largest batch it saw: cap the physical batch
         self._ubatch = min(self.n_ubatch, FUSED_UBATCH) if self.fused is not None else self.n_ubatch
         self.segments: dict[int, DecodeGraph] = {}
-        if graphs is not False and (graphs or os.environ.get("LLAMAKIT_CUDA_GRAPHS", "1") != "0"):
+        if graphs is not False and (graphs or graphs_enabled()):
             eligible = [f is None for f in (self.fused or [None] * self.cfg.n_layer)]
             for a, b in graph_segments(lm.placement, eligible, everywhere=bool(graphs)):
                 dev = lm.placement.blocks[a]

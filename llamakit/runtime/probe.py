@@ -16,7 +16,6 @@ CUDA timings synchronize before reading the clock. A probe takes well under a se
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ from ..kernels.registry import kernel_for
 from ..kernels.torch_kernels import torch_kernel_for
 from ..quants import get_codec
 from .costmodel import DeviceSpeed
+from .decode_graph import capture, graphs_enabled
 
 MiB = 1 << 20
 
@@ -131,23 +131,9 @@ def layer_overhead(types: dict[str, GGMLType], device: torch.device, graph: bool
             pos, slots = torch.tensor([8], device=device), torch.arange(64, device=device)
             step = lambda: blk.step(x, rot, kv, 0, pos, slots)  # noqa: E731
             if device.type == "cuda":
-                step = _graphed(step, device)
+                step = capture(step, device)[0].replay  # type: ignore[attr-defined]
         # the fastest of 25: other processes only ever add time to a sub-millisecond call
         return _time(step, device, reps=25, pick=min)
-
-
-def _graphed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """fn captured as a CUDA graph (after a warm-up on a side stream), as decode_graph.py does."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: dict[str, GGMLType],
@@ -164,7 +150,7 @@ def probe_device(device: torch.device, types: Iterable[GGMLType], block_types: d
         flops = flop_rate(main, device, n_in)
     bw = statistics.median(by_type.values()) if by_type else 0.0
     graph_over = None
-    if device.type == "cuda" and os.environ.get("LLAMAKIT_CUDA_GRAPHS", "1") != "0":
+    if device.type == "cuda" and graphs_enabled():
         try:
             graph_over = layer_overhead(block_types, device, graph=True)
         except Exception:  # noqa: BLE001 - decode falls back to eager steps too (decode_graph.py)

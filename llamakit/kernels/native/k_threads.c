@@ -157,7 +157,7 @@ LK_API void lk_parallel(lk_task_fn fn, void *ctx, int n_tasks) {
  * counts); then one job of more than 65535 tasks (run as chunks). A pool that lets a late worker claim a
  * task of a finished job fails this within ~1e5 jobs. */
 typedef struct {
-    atomic_int hits[16];
+    atomic_int *hits; /* one counter per task */
     atomic_int closed;
     int n;
 } st_ctx;
@@ -173,39 +173,32 @@ static void st_task(void *p, int i, int n_tasks) {
     atomic_fetch_add(&c->hits[i], 1);
 }
 
-typedef struct {
-    atomic_int *hits;
-    int n;
-} big_ctx;
-
-static void big_task(void *p, int i, int n_tasks) {
-    big_ctx *c = p;
-    if (n_tasks != c->n || i < 0 || i >= c->n) {
-        atomic_fetch_add(&st_errors, 1);
-        return;
-    }
-    atomic_fetch_add(&c->hits[i], 1);
+/* run one job of n tasks over `hits` (zeroed here) and count the tasks not run exactly once */
+static void st_job(st_ctx *c, atomic_int *hits, int n) {
+    for (int i = 0; i < n; i++) atomic_store(&hits[i], 0);
+    c->hits = hits;
+    c->n = n;
+    atomic_store(&c->closed, 0);
+    lk_parallel(st_task, c, n);
+    atomic_store(&c->closed, 1);
+    for (int i = 0; i < n; i++)
+        if (atomic_load(&hits[i]) != 1) atomic_fetch_add(&st_errors, 1);
 }
 
 LK_API int64_t lk_parallel_selftest(int64_t jobs) {
     atomic_store(&st_errors, 0);
     for (int64_t j = 0; j < jobs; j++) {
-        st_ctx c;
-        for (int i = 0; i < 16; i++) atomic_store(&c.hits[i], 0);
-        atomic_store(&c.closed, 0);
-        c.n = (j & 1) ? 2 : 3 + (int)(j % 13); /* a short job, then a longer one: stale indices look valid */
-        lk_parallel(st_task, &c, c.n);
-        atomic_store(&c.closed, 1);
-        for (int i = 0; i < c.n; i++)
-            if (atomic_load(&c.hits[i]) != 1) atomic_fetch_add(&st_errors, 1);
+        st_ctx c; /* on this frame, as the kernels' contexts are */
+        atomic_int hits[16];
+        /* a short job, then a longer one: a stale index of the short one looks valid in the long one */
+        st_job(&c, hits, (j & 1) ? 2 : 3 + (int)(j % 13));
     }
     /* one job of more than LK_CHUNK tasks: it runs as chunks, and fn still sees indices 0..n-1 and n */
     enum { BIG = 2 * LK_CHUNK + 7 };
-    big_ctx b = {calloc(BIG, sizeof(atomic_int)), BIG};
-    if (!b.hits) return -1;
-    lk_parallel(big_task, &b, BIG);
-    for (int i = 0; i < BIG; i++)
-        if (atomic_load(&b.hits[i]) != 1) atomic_fetch_add(&st_errors, 1);
-    free(b.hits);
+    atomic_int *big = calloc(BIG, sizeof(atomic_int));
+    if (!big) return -1;
+    st_ctx c;
+    st_job(&c, big, BIG);
+    free(big);
     return atomic_load(&st_errors);
 }
